@@ -1,0 +1,1 @@
+"""Triton kernels of the fused RL ops (installed as editrl_engine.kernels)."""
