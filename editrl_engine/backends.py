@@ -48,15 +48,21 @@ def launchers(backend: str) -> ModuleType:
             raise BackendUnavailable(
                 f"backend 'triton' needs the triton package ({_import_reason('triton')[1]}); "
                 "install it with `pip install triton`, or use backend='torch' or 'cpp'")
-        return importlib.import_module("editrl_engine.kernels")
-    if backend == "cpp":
+        module = "editrl_engine.kernels"
+    elif backend == "cpp":
         if cpp_module() is None:
             raise BackendUnavailable(
                 "backend 'cpp' needs the compiled extension editrl_engine._C "
                 f"({_import_reason('editrl_engine._C')[1]}); build it with `pip install -e .` "
                 "(needs a C++17 compiler and CMake), or use backend='torch'")
-        return importlib.import_module("editrl_engine.cpp_launchers")
-    raise ValueError(f"no launchers for backend {backend!r}")
+        module = "editrl_engine.cpp_launchers"
+    else:
+        raise ValueError(f"no launchers for backend {backend!r}")
+    launcher_module, reason = _import_reason(module)
+    if launcher_module is None:
+        raise BackendUnavailable(f"backend {backend!r}: its launchers {module} failed to import ({reason}); "
+                                 "reinstall the package, or use backend='torch'")
+    return launcher_module
 
 
 def resolve(backend: str | None, device: torch.device) -> str:

@@ -282,6 +282,8 @@ def grpo_loss(logp, logp_old, advantages, *, clip_range=1e-4, valid=None, kl=Non
     _same_as("advantages", advantages, "logp", logp)
     if kl is not None:
         _same_as("kl", kl, "logp", logp)
+    elif kl_beta != 0:
+        raise ValueError(f"kl_beta={kl_beta} needs kl (the per-sample KL to the reference, e.g. from sde_logprob)")
     clip_low, clip_high = (clip_range, clip_range) if isinstance(clip_range, (int, float)) else tuple(clip_range)
     if not (clip_low >= 0 and clip_high >= 0):
         raise ValueError(f"clip_range must be >= 0, got {clip_range}")
@@ -295,9 +297,9 @@ def grpo_loss(logp, logp_old, advantages, *, clip_range=1e-4, valid=None, kl=Non
             raise ValueError(f"{name} requires grad; backend {chosen!r} differentiates logp and kl only")
     as_f32 = lambda t: None if t is None else t.float().contiguous()
     valid_f = torch.ones_like(logp, dtype=torch.float32) if valid is None else valid.float()
-    loss, stats, _ = fused.GRPOLossFn.apply(backends.launchers(chosen), as_f32(logp), as_f32(logp_old),
-                                            as_f32(advantages), valid_f, as_f32(kl), float(clip_low),
-                                            float(clip_high), float(kl_beta))
+    loss, stats = fused.GRPOLossFn.apply(backends.launchers(chosen), as_f32(logp), as_f32(logp_old),
+                                         as_f32(advantages), valid_f, as_f32(kl), float(clip_low),
+                                         float(clip_high), float(kl_beta))
     return loss, dict(zip(fused.STAT_NAMES, stats.unbind(0)))
 
 
