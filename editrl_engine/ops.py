@@ -96,7 +96,11 @@ def _values(value) -> torch.Tensor:
     return torch.as_tensor(value).detach().double().reshape(-1).cpu()
 
 
-def _check_schedule(sigma, sigma_next, sigma_max, noise_level: float, kind: str):
+def _check_schedule(sigma, sigma_next, sigma_max, noise_level: float, kind: str, batch: int, device: torch.device):
+    """Shapes and devices of the SDE schedule, then (unless skipped) its values."""
+    for name, value in (("sigma", sigma), ("sigma_next", sigma_next), ("sigma_max", sigma_max)):
+        if value is not None:
+            _per_sample(name, value, batch, device)
     if kind not in reference.KINDS:
         raise ValueError(f"kind={kind!r} is not an SDE kind; choose one of {reference.KINDS}")
     if not noise_level >= 0:
@@ -139,6 +143,12 @@ def _rows(t: torch.Tensor | None, cols: int | None = None) -> torch.Tensor | Non
 def _vec(value, batch: int, device: torch.device) -> torch.Tensor:
     """A float or [B] / [] tensor as a contiguous float32 [B] tensor."""
     return torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1).expand(batch).contiguous()
+
+
+def _schedule_vectors(sigma, sigma_next, sigma_max, batch: int, device: torch.device):
+    """(t, t_next, t_max) as float32 [B]; t_max (used where t == 1) defaults to sigma_next."""
+    t, t_next = _vec(sigma, batch, device), _vec(sigma_next, batch, device)
+    return t, t_next, t_next if sigma_max is None else _vec(sigma_max, batch, device)
 
 
 def _mask(valid, batch: int, device: torch.device, name="valid") -> torch.Tensor | None:
@@ -213,10 +223,7 @@ def sde_step(x, v, sigma, sigma_next, noise, *, noise_level=0.7, kind="flow_grpo
     _same_as("v", v, "x", x)
     _same_as("noise", noise, "x", x)
     batch = x.shape[0]
-    for name, value in (("sigma", sigma), ("sigma_next", sigma_next), ("sigma_max", sigma_max)):
-        if value is not None:
-            _per_sample(name, value, batch, x.device)
-    _check_schedule(sigma, sigma_next, sigma_max, noise_level, kind)
+    _check_schedule(sigma, sigma_next, sigma_max, noise_level, kind, batch, x.device)
     chosen = backends.resolve(backend, x.device)
     if chosen == "torch":
         return reference.sde_step(x, v, sigma, sigma_next, noise, noise_level=noise_level, kind=kind,
@@ -225,8 +232,7 @@ def sde_step(x, v, sigma, sigma_next, noise, *, noise_level=0.7, kind="flow_grpo
     if v.requires_grad:
         raise ValueError(f"sde_step is not differentiable with backend {chosen!r}; it samples the rollout. "
                          "Run it under torch.no_grad() and take gradients through sde_logprob")
-    t, t_next = _vec(sigma, batch, x.device), _vec(sigma_next, batch, x.device)
-    t_max = t_next if sigma_max is None else _vec(sigma_max, batch, x.device)
+    t, t_next, t_max = _schedule_vectors(sigma, sigma_next, sigma_max, batch, x.device)
     x_next, logp = backends.launchers(chosen).sde_step(_rows(x), _rows(v), _rows(noise), t, t_next, t_max,
                                                        float(noise_level), kind)
     if noise_level == 0:
@@ -247,10 +253,7 @@ def sde_logprob(x_next, x, v, sigma, sigma_next, *, noise_level=0.7, kind="flow_
     if v_ref is not None:
         _same_as("v_ref", v_ref, "v", v)
     batch = x.shape[0]
-    for name, value in (("sigma", sigma), ("sigma_next", sigma_next), ("sigma_max", sigma_max)):
-        if value is not None:
-            _per_sample(name, value, batch, x.device)
-    _check_schedule(sigma, sigma_next, sigma_max, noise_level, kind)
+    _check_schedule(sigma, sigma_next, sigma_max, noise_level, kind, batch, x.device)
     if noise_level == 0:
         raise ValueError("sde_logprob needs noise_level > 0: the noise_level = 0 step is deterministic and has "
                          "no density")
@@ -261,8 +264,7 @@ def sde_logprob(x_next, x, v, sigma, sigma_next, *, noise_level=0.7, kind="flow_
         return reference.sde_logprob(x_next, x, v, sigma, sigma_next, noise_level=noise_level, kind=kind,
                                      v_ref=v_ref, sigma_max=sigma_max)
     _fused_latents(chosen, x_next=x_next, x=x, v=v, v_ref=v_ref)
-    t, t_next = _vec(sigma, batch, x.device), _vec(sigma_next, batch, x.device)
-    t_max = t_next if sigma_max is None else _vec(sigma_max, batch, x.device)
+    t, t_next, t_max = _schedule_vectors(sigma, sigma_next, sigma_max, batch, x.device)
     return fused.SDELogProb.apply(backends.launchers(chosen), _rows(x_next), _rows(x), _rows(v), _rows(v_ref),
                                   t, t_next, t_max, float(noise_level), kind)
 
