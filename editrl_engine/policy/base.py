@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .lora import copy_adapter, soft_update
+
 
 @dataclasses.dataclass
 class Condition:
@@ -95,6 +97,14 @@ class EditPolicy(abc.ABC):
     @abc.abstractmethod
     def use_adapter(self, adapter: str | None) -> Iterator[None]:
         """Within the block velocities come from `adapter`; None disables every adapter (the reference model)."""
+
+    def add_old_adapter(self, source: str = "default", target: str = "old") -> None:
+        """DiffusionNFT: add `target`, a frozen copy of adapter `source` (same config and weights)."""
+        copy_adapter(self.transformer, source, target)
+
+    def update_old_adapter(self, decay: float, source: str = "default", target: str = "old") -> None:
+        """DiffusionNFT: θ_target ← decay·θ_target + (1 − decay)·θ_source (decay from lora.nft_decay(step))."""
+        soft_update(self.transformer, decay, source, target)
 
     def metadata(self) -> dict[str, Any]:
         """What a run records about this policy (family, dtype, attention backend, parameter counts)."""
