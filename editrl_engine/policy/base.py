@@ -98,6 +98,38 @@ class EditPolicy(abc.ABC):
     def use_adapter(self, adapter: str | None) -> Iterator[None]:
         """Within the block velocities come from `adapter`; None disables every adapter (the reference model)."""
 
+    # ---- run options (bf16 autocast, gradient checkpointing, compile) ------------------------------------------
+    autocast: bool = False             # run the transformer under bf16 autocast while weights stay in `dtype`
+    gradient_checkpointing: bool = False
+    compiled: bool = False
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the transformer computes in."""
+        return torch.bfloat16 if self.autocast else self.dtype
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+        self.gradient_checkpointing = True
+
+    def compile_transformer(self, **compile_kwargs) -> None:
+        """torch.compile each transformer block in place (diffusers' compile_repeated_blocks); call after
+        enable_gradient_checkpointing, as torchtitan orders them."""
+        self.transformer.compile_repeated_blocks(**compile_kwargs)
+        self.compiled = True
+
+    def apply_run_options(self, *, gradient_checkpointing: bool = False, compile: bool = False) -> "EditPolicy":
+        """Checkpointing, then compile (that order); returns the policy."""
+        if gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+        if compile:
+            self.compile_transformer()
+        return self
+
+    def autocast_context(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast around transformer calls when the policy was loaded with autocast=True."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
     def add_old_adapter(self, source: str = "default", target: str = "old") -> None:
         """DiffusionNFT: add `target`, a frozen copy of adapter `source` (same config and weights)."""
         copy_adapter(self.transformer, source, target)

@@ -36,11 +36,7 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
             components = config.build(device, dtype)       # built in place: no fp32 CPU copy of a 12 B model
     policy = FluxKontextPolicy(components, device=device, dtype=dtype, attention_backend=attention,
                                guidance=config.guidance, autocast=autocast, origin=origin)
-    if gradient_checkpointing:
-        policy.enable_gradient_checkpointing()
-    if compile:
-        policy.compile_transformer()
-    return policy
+    return policy.apply_run_options(gradient_checkpointing=gradient_checkpointing, compile=compile)
 
 
 __all__ = ["PRESETS", "FluxKontextComponents", "FluxKontextConfig", "FluxKontextPolicy", "load", "load_components",

@@ -7,7 +7,6 @@ scheduler timestep / 1000 = sigma); guidance is the distilled guidance embedding
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,17 +42,12 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
         self.guidance, self.autocast, self.origin = guidance, autocast, origin
         self.vae_scale_factor = components.vae_scale_factor
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
-        self.gradient_checkpointing = self.compiled = False
         self.set_attention(attention_backend)
 
     @property
     def lora_pipeline_class(self) -> type:
         from diffusers import FluxKontextPipeline
         return FluxKontextPipeline
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.autocast else self.dtype
 
     # ---- run options -------------------------------------------------------------------------------------------
     def set_attention(self, requested: str = "auto", image_size: tuple[int, int] | None = None
@@ -71,21 +65,6 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
         self.attention_backend = self.attention_choice.backend
         attention.apply_backend(self.transformer, self.attention_backend)
         return self.attention_choice
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.transformer.enable_gradient_checkpointing()
-        self.gradient_checkpointing = True
-
-    def compile_transformer(self, **compile_kwargs) -> None:
-        """torch.compile each transformer block in place (diffusers' compile_repeated_blocks); call after
-        enable_gradient_checkpointing, as torchtitan orders them."""
-        self.transformer.compile_repeated_blocks(**compile_kwargs)
-        self.compiled = True
-
-    def _autocast(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # ---- model --------------------------------------------------------------------------------------------------
     def _preprocess(self, sources: Sequence, size: tuple[int, int] | None) -> torch.Tensor:
@@ -154,7 +133,7 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
         guidance = torch.full((batch,), self.guidance if guidance is None else guidance, device=self.device,
                               dtype=torch.float32)
         hidden = torch.cat([x_t.to(self.dtype), c["source_latents"].to(self.dtype)], dim=1)   # [B, 2L, C]
-        with self._autocast():
+        with self.autocast_context():
             out = self.transformer(hidden_states=hidden, timestep=timestep, guidance=guidance,
                                    pooled_projections=c["pooled_prompt_embeds"],
                                    encoder_hidden_states=c["prompt_embeds"], txt_ids=c["text_ids"],

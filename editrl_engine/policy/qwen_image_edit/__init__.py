@@ -38,11 +38,7 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
     policy = QwenImageEditPolicy(components, device=torch.device(device), dtype=dtype, attention_backend=attention,
                                  autocast=autocast, target_area=target_area or config.target_area,
                                  origin=origin)
-    if gradient_checkpointing:
-        policy.enable_gradient_checkpointing()
-    if compile:
-        policy.compile_transformer()
-    return policy
+    return policy.apply_run_options(gradient_checkpointing=gradient_checkpointing, compile=compile)
 
 
 __all__ = ["Components", "PRESETS", "QwenImageEditConfig", "QwenImageEditPolicy", "from_folder", "load",

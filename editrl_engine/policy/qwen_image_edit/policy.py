@@ -10,7 +10,6 @@ batch is padded, img_shapes
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,17 +52,12 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
         self.device, self.dtype = torch.device(device), dtype
         self.autocast, self.origin = autocast, origin
         self.target_area = target_area          # pixels of the edited image; change it before encode() if needed
-        self.gradient_checkpointing = self.compiled = False
         self.set_attention(attention_backend)
 
     @property
     def lora_pipeline_class(self) -> type:
         from diffusers import QwenImageEditPipeline
         return QwenImageEditPipeline
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.autocast else self.dtype
 
     # ---- run options -------------------------------------------------------------------------------------------
     def set_attention(self, requested: str = "auto") -> attention.AttentionChoice:
@@ -79,18 +73,6 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
         self.attention_backend = self.attention_choice.backend
         attention.apply_backend(self.transformer, self.attention_backend)
         return self.attention_choice
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.transformer.enable_gradient_checkpointing()
-        self.gradient_checkpointing = True
-
-    def compile_transformer(self, **compile_kwargs) -> None:
-        """torch.compile each transformer block in place; call after enable_gradient_checkpointing."""
-        self.transformer.compile_repeated_blocks(**compile_kwargs)
-        self.compiled = True
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     # ---- encode ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -150,7 +132,7 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
     def _transformer(self, hidden: torch.Tensor, timestep: torch.Tensor, cond: Condition, text: str) -> torch.Tensor:
         """One transformer pass on [target ; source] tokens with the `text` ("prompt" | "negative") embeddings."""
         mask = cond.tensors[f"{text}_mask"] if cond.extras[f"{text}_padded"] else None    # None: no padding
-        with self._autocast():
+        with self.autocast_context():
             return self.transformer(hidden_states=hidden, timestep=timestep,
                                     encoder_hidden_states=cond.tensors[f"{text}_embeds"],
                                     encoder_hidden_states_mask=mask,
