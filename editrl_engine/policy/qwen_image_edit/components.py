@@ -71,7 +71,7 @@ def from_folder(path: str, dtype: torch.dtype) -> Components:
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    from .processor import ImageTextProcessor
+    from editrl_engine.vlm.qwen2_5_vl.processor import ImageTextProcessor
     missing = missing_parts(path)
     if missing:
         raise FileNotFoundError(f"Qwen-Image-Edit folder {path!r} is missing or incomplete; missing: "

@@ -1,56 +1,20 @@
-"""A small Qwen2 tokenizer made in code, for the tiny preset (nothing can be downloaded).
+"""The tiny Qwen-Image-Edit preset's tokenizer: the shared tiny Qwen2 tokenizer learnt on the edit prompt.
 
-It is a real `Qwen2Tokenizer` (Qwen2's byte-level BPE pipeline and pre-tokenizer regex) whose merges are learnt
-from a fixed corpus: the edit prompt template and the words of typical editing instructions. Every word of the
-template becomes one token, as in Qwen's own vocabulary, so the template's system part is exactly the
-pipeline's drop index (64 tokens) long; other words fall back to byte pieces. Learning is deterministic, so
-every process builds the same ids. The special tokens are those the Qwen2.5-VL chat template and processor use.
+Every word of the edit prompt template becomes one token, as in Qwen's own vocabulary, so the template's system
+part is exactly the pipeline's drop index (64 tokens) long.
 """
 from __future__ import annotations
 
-import functools
-import json
-
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2Tokenizer
+
+from editrl_engine.vlm.qwen2_5_vl.tokenizer import SPECIAL_TOKENS, build_tokenizer as build_qwen2_tokenizer
 
 from .prompt import PROMPT_TEMPLATE
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
-)
-EDIT_WORDS = (
-    "make change turn recolour recolor color colour paint move shift put place remove delete erase add insert "
-    "replace swap keep background foreground object objects shape shapes circle square triangle rectangle star "
-    "red green blue yellow orange purple pink black white gray grey brown cyan magenta left right up down top "
-    "bottom center centre middle corner larger smaller bigger big small to the a an of in on into with and from "
-    "sky sea grass tree house car cat dog person style photo painting sketch cartoon night day winter summer"
-)
-
-
-@functools.lru_cache(maxsize=1)
-def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level BPE vocabulary and merges learnt from the template and EDIT_WORDS (deterministic)."""
-    qwen2 = Qwen2Tokenizer().backend_tokenizer
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer, bpe.pre_tokenizer = qwen2.normalizer, qwen2.pre_tokenizer
-    template = PROMPT_TEMPLATE.replace("{}", "")
-    for token in SPECIAL_TOKENS:
-        template = template.replace(token, "\n")
-    words = EDIT_WORDS.split()
-    corpus = [template] + [f"{space}{w}" for w in words + [w.capitalize() for w in words] for space in ("", " ")]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=4096, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    merges = json.loads(bpe.to_str())["model"]["merges"]                  # [[left, right], ...]
-    return bpe.get_vocab(), [tuple(pair) for pair in merges]
-
 
 def build_tokenizer() -> Qwen2Tokenizer:
-    """The tiny preset's tokenizer: Qwen2's pipeline, a learnt ~900-token vocabulary, Qwen2.5-VL's specials."""
-    vocab, merges = _vocab_and_merges()
-    tokenizer = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token=None, eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    return tokenizer
+    """Qwen2's pipeline, a ~900-token vocabulary learnt from the edit prompt, Qwen2.5-VL's special tokens."""
+    return build_qwen2_tokenizer((PROMPT_TEMPLATE,))
+
+
+__all__ = ["SPECIAL_TOKENS", "build_tokenizer"]

@@ -1,6 +1,6 @@
 """The Qwen2.5-VL processor for image + text prompts, without the video processor.
 
-Qwen2VLProcessor also wants a video processor, which needs torchvision; an edit prompt holds one image and no
+Qwen2VLProcessor also wants a video processor, which needs torchvision; our prompts hold images and no
 video, so this subclass leaves it out. Images go through the PIL image processor (no torchvision either).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ class ImageTextProcessor(Qwen2VLProcessor):
 
     @classmethod
     def load(cls, folder: str) -> "ImageTextProcessor":
-        """From a diffusers folder's processor/ (preprocessor_config.json + tokenizer files)."""
+        """From a folder with preprocessor_config.json and tokenizer files (a diffusers processor/ or a
+        transformers model folder)."""
         from transformers import AutoTokenizer
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
         return cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder,
