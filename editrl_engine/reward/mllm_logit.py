@@ -1,0 +1,123 @@
+"""The training-free logit reward of UniWorld-V2: a VLM rates an edit 0-5 in one forward, no generation.
+
+The prompt shows the source image, the instruction (and an optional task requirement), then the edited image,
+and asks for a 0-5 rating answered with the number only. At the answer position (the next token after the
+assistant prefix) the logits of the tokens "0".."5" are softmaxed: p [6], reward = sum_k k * p_k / 5 in [0, 1].
+The shared part of a group (instruction, source) comes first in the prompt, ready for prefix reuse.
+Samples are scored in batches, left-padded with an attention mask, so the answer position is the last one;
+images are resized so their visual tokens stay at most those of a max_image_pixels image (512² by default).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from editrl_engine.vlm import qwen2_5_vl
+from editrl_engine.vlm.images import as_rgb_image
+
+from .base import RewardBatch, RewardModel, check_triples
+
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+PROMPT_TEMPLATE = (                                      # slots: instruction, requirement line
+    "<|im_start|>system\nYou are a careful judge of image edits.<|im_end|>\n<|im_start|>user\n"
+    f"This is the original image: {IMAGE}\nThe editing instruction is: {{}}\n{{}}"
+    f"This is the edited image: {IMAGE}\nRate the edit from 0 to 5. 0 means the wrong object was changed or the "
+    "requirement is not met; 5 means the right object was changed, the requirement is met and the image quality "
+    "is high. Answer with the number only.<|im_end|>\n<|im_start|>assistant\n"
+)
+REQUIREMENT_LINE = "Task requirement: {}\n"
+RATINGS = tuple(range(6))                                # the answers "0".."5"
+MAX_RATING = RATINGS[-1]
+BACKENDS = ("eager",)
+
+
+def build_prompt(instruction: str, requirement: str | None = None) -> str:
+    return PROMPT_TEMPLATE.format(instruction, REQUIREMENT_LINE.format(requirement) if requirement else "")
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """The token id of each answer "0".."5", looked up from the tokenizer; each digit must be one token."""
+    ids = []
+    for rating in RATINGS:
+        encoded = tokenizer.encode(str(rating), add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"mllm_logit needs each rating 0..5 to be a single token, but the tokenizer encodes "
+                             f"{str(rating)!r} as {len(encoded)} tokens {encoded}")
+        ids.append(encoded[0])
+    return ids
+
+
+class MllmLogitReward(RewardModel):
+    """reward = E[rating] / 5 under the VLM's next-token distribution restricted to the digits 0..5."""
+
+    kind = "mllm_logit"
+
+    def __init__(self, vlm: qwen2_5_vl.VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
+                 batch_size: int = 8):
+        self.vlm, self.requirement, self.batch_size = vlm, requirement, batch_size
+        self.digit_ids = digit_token_ids(vlm.tokenizer)
+        self.vlm.tokenizer.padding_side = "left"                 # the answer position is the last one in every row
+        size = vlm.processor.image_processor.size
+        self.image_size = {"shortest_edge": min(size["shortest_edge"], max_image_pixels),
+                           "longest_edge": min(size["longest_edge"], max_image_pixels)}
+
+    def inputs(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
+               requirements: Sequence[str | None]) -> dict[str, torch.Tensor]:
+        """Processor outputs of one batch: input_ids / attention_mask [B, S] (left-padded), pixel_values, grids."""
+        images = [as_rgb_image(image) for pair in zip(sources, edited) for image in pair]     # source_i, edited_i
+        texts = [build_prompt(i, r) for i, r in zip(instructions, requirements)]
+        return self.vlm.processor(text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt")
+
+    @torch.no_grad()
+    def answer_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B, V] at the answer position of a left-padded batch."""
+        model = self.vlm.model
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        return model(**inputs, logits_to_keep=1).logits[:, -1]                     # [B, V]
+
+    def rating_probabilities(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
+                             requirements: Sequence[str | None]) -> torch.Tensor:
+        """p [N, 6] (float64): softmax over the logits of "0".."5" at the answer position."""
+        chunks = []
+        for start in range(0, len(edited), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            logits = self.answer_logits(self.inputs(sources[batch], instructions[batch], edited[batch],
+                                                    requirements[batch]))
+            chunks.append(torch.softmax(logits[:, self.digit_ids].double(), dim=-1).cpu())      # [B, 6]
+        return torch.cat(chunks)
+
+    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
+              requirements: Sequence[str | None] | None = None) -> RewardBatch:
+        """requirements: a task requirement per sample (default: the one given at construction, if any)."""
+        n = check_triples(sources, instructions, edited)
+        requirements = list(requirements) if requirements is not None else [self.requirement] * n
+        if len(requirements) != n:
+            raise ValueError(f"score() got {len(requirements)} requirements for {n} samples")
+        probabilities = self.rating_probabilities(list(sources), list(instructions), list(edited), requirements)
+        expected = probabilities @ torch.tensor(RATINGS, dtype=torch.float64)                 # [N] in [0, 5]
+        finite = torch.isfinite(probabilities).all(dim=1)                                    # [N]
+        reward = torch.where(finite, expected / MAX_RATING, float("nan")).float()
+        details = [{"probabilities": p, "expected_rating": e} if ok else
+                   {"probabilities": p, "error": "non-finite rating probabilities"}
+                   for p, e, ok in zip(probabilities.tolist(), expected.tolist(), finite.tolist())]
+        return RewardBatch(reward=reward, details=details, failures=int(torch.isnan(reward).sum()))
+
+    def metadata(self) -> dict:
+        return {"kind": self.kind, "origin": self.vlm.origin, "requirement": self.requirement,
+                "image_size": dict(self.image_size)}
+
+
+def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
+         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, **options) -> MllmLogitReward:
+    """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny": random weights, tokenizer learnt on the prompt).
+
+    options: requirement, max_image_pixels, batch_size (MllmLogitReward)."""
+    if backend not in BACKENDS:
+        raise NotImplementedError(f"mllm_logit backend {backend!r} is not implemented yet; available: "
+                                  f"{', '.join(BACKENDS)}")
+    vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype,
+                          templates=(PROMPT_TEMPLATE, REQUIREMENT_LINE), seed=seed)
+    return MllmLogitReward(vlm, **options)
