@@ -148,15 +148,3 @@ def test_bad_inputs_raise_clear_errors():
             reward.score(sources, instructions, edited, tasks=tasks)
     with pytest.raises(ValueError, match="spec"):
         reward.score([source], [RECOLOR.instruction], [target], tasks=[{"generator": "other"}])
-
-
-def test_fast_enough_for_every_rollout():
-    import time
-    tasks = make_tasks(64, seed=0, size=32) * 16                               # 1024 samples, groups of a task
-    sources, targets = task_images(tasks)
-    instructions = [t.instruction for t in tasks]
-    reward = ProgrammaticReward()
-    reward.score(sources[:8], instructions[:8], targets[:8], tasks=tasks[:8])
-    start = time.perf_counter()
-    reward.score(sources, instructions, targets, tasks=tasks)
-    assert 1024 / (time.perf_counter() - start) > 1000                          # images per second, on CPU
