@@ -3,7 +3,8 @@
 The prompt shows the source image, the instruction (and an optional task requirement), then the edited image,
 and asks for a 0-5 rating answered with the number only. At the answer position (the next token after the
 assistant prefix) the logits of the tokens "0".."5" are softmaxed: p [6], reward = sum_k k * p_k / 5 in [0, 1].
-The shared part of a group (instruction, source) comes first in the prompt, ready for prefix reuse.
+The shared part of a group (instruction, source) comes first in the prompt: score_groups() prefills it once per
+group and reuses its KV cache for every candidate (prefix_cache.py).
 Samples are scored in batches, left-padded with an attention mask, so the answer position is the last one;
 images are resized so their visual tokens stay at most those of a max_image_pixels image (512² by default).
 """
@@ -17,24 +18,33 @@ import torch
 from editrl_engine.vlm import qwen2_5_vl
 from editrl_engine.vlm.images import as_rgb_image
 
+from . import prefix_cache
 from .base import RewardBatch, RewardModel, check_triples
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-PROMPT_TEMPLATE = (                                      # slots: instruction, requirement line
+PREFIX_TEMPLATE = (                                      # slots: instruction, requirement line
     "<|im_start|>system\nYou are a careful judge of image edits.<|im_end|>\n<|im_start|>user\n"
     f"This is the original image: {IMAGE}\nThe editing instruction is: {{}}\n{{}}"
+)
+SUFFIX = (                                               # the part that differs between a group's candidates
     f"This is the edited image: {IMAGE}\nRate the edit from 0 to 5. 0 means the wrong object was changed or the "
     "requirement is not met; 5 means the right object was changed, the requirement is met and the image quality "
     "is high. Answer with the number only.<|im_end|>\n<|im_start|>assistant\n"
 )
+PROMPT_TEMPLATE = PREFIX_TEMPLATE + SUFFIX
 REQUIREMENT_LINE = "Task requirement: {}\n"
 RATINGS = tuple(range(6))                                # the answers "0".."5"
 MAX_RATING = RATINGS[-1]
 BACKENDS = ("eager",)
 
 
+def build_prefix(instruction: str, requirement: str | None = None) -> str:
+    """The part of the prompt a group's candidates share: system, source image, instruction, requirement."""
+    return PREFIX_TEMPLATE.format(instruction, REQUIREMENT_LINE.format(requirement) if requirement else "")
+
+
 def build_prompt(instruction: str, requirement: str | None = None) -> str:
-    return PROMPT_TEMPLATE.format(instruction, REQUIREMENT_LINE.format(requirement) if requirement else "")
+    return build_prefix(instruction, requirement) + SUFFIX
 
 
 def digit_token_ids(tokenizer) -> list[int]:
@@ -96,18 +106,58 @@ class MllmLogitReward(RewardModel):
         requirements = list(requirements) if requirements is not None else [self.requirement] * n
         if len(requirements) != n:
             raise ValueError(f"score() got {len(requirements)} requirements for {n} samples")
-        probabilities = self.rating_probabilities(list(sources), list(instructions), list(edited), requirements)
-        expected = probabilities @ torch.tensor(RATINGS, dtype=torch.float64)                 # [N] in [0, 5]
-        finite = torch.isfinite(probabilities).all(dim=1)                                    # [N]
-        reward = torch.where(finite, expected / MAX_RATING, float("nan")).float()
-        details = [{"probabilities": p, "expected_rating": e} if ok else
-                   {"probabilities": p, "error": "non-finite rating probabilities"}
-                   for p, e, ok in zip(probabilities.tolist(), expected.tolist(), finite.tolist())]
-        return RewardBatch(reward=reward, details=details, failures=int(torch.isnan(reward).sum()))
+        return rewards(self.rating_probabilities(list(sources), list(instructions), list(edited), requirements))
+
+    def group_probabilities(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
+                            requirements: Sequence[str | None]) -> torch.Tensor:
+        """p [N, 6] (float64), N = total candidates, group-major. batch_size groups are prefilled together
+        (left-padded); their candidates then run in chunks of batch_size, each on a gathered copy of the cache."""
+        chunks = []
+        for start in range(0, len(candidates), self.batch_size):
+            groups = slice(start, start + self.batch_size)
+            texts = [build_prefix(i, r) for i, r in zip(instructions[groups], requirements[groups])]
+            images = [as_rgb_image(image) for image in sources[groups]]
+            prefix = prefix_cache.prefill(self.vlm.model, self.vlm.processor(
+                text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt"))
+            rows = [g for g, group in enumerate(candidates[groups]) for _ in group]           # prefix row per candidate
+            edited = [as_rgb_image(image) for group in candidates[groups] for image in group]
+            for first in range(0, len(edited), self.batch_size):
+                part = slice(first, first + self.batch_size)
+                suffixes = self.vlm.processor(text=[SUFFIX] * len(edited[part]), images=edited[part], padding=True,
+                                              size=self.image_size, return_tensors="pt")
+                logits = prefix_cache.suffix_logits(self.vlm.model, prefix, torch.tensor(rows[part]), suffixes)
+                chunks.append(torch.softmax(logits[:, self.digit_ids].double(), dim=-1).cpu())  # [B, 6]
+        return torch.cat(chunks)
+
+    def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
+                     requirements: Sequence[str | None] | None = None) -> RewardBatch:
+        """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]); groups may differ in size.
+        The shared prefix of each group is prefilled once and its KV cache reused for every candidate. Returns one
+        RewardBatch over all candidates, group-major (candidates[0][0], candidates[0][1], ..., candidates[1][0],
+        ...), equal to score() on the flattened triples."""
+        n = check_triples(sources, instructions, candidates)
+        if any(len(group) == 0 for group in candidates):
+            raise ValueError("score_groups() got an empty group of candidates")
+        requirements = list(requirements) if requirements is not None else [self.requirement] * n
+        if len(requirements) != n:
+            raise ValueError(f"score_groups() got {len(requirements)} requirements for {n} groups")
+        return rewards(self.group_probabilities(list(sources), list(instructions), [list(g) for g in candidates],
+                                                requirements))
 
     def metadata(self) -> dict:
         return {"kind": self.kind, "origin": self.vlm.origin, "requirement": self.requirement,
                 "image_size": dict(self.image_size)}
+
+
+def rewards(probabilities: torch.Tensor) -> RewardBatch:
+    """reward [N] = E[rating] / 5 from p [N, 6]; a row with a non-finite probability is NaN and counted."""
+    expected = probabilities @ torch.tensor(RATINGS, dtype=torch.float64)                     # [N] in [0, 5]
+    finite = torch.isfinite(probabilities).all(dim=1)                                        # [N]
+    reward = torch.where(finite, expected / MAX_RATING, float("nan")).float()
+    details = [{"probabilities": p, "expected_rating": e} if ok else
+               {"probabilities": p, "error": "non-finite rating probabilities"}
+               for p, e, ok in zip(probabilities.tolist(), expected.tolist(), finite.tolist())]
+    return RewardBatch(reward=reward, details=details, failures=int(torch.isnan(reward).sum()))
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
