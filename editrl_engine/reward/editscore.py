@@ -1,0 +1,194 @@
+"""The EditScore / VIEScore judge reward: two generated judge answers per sample, averaged over K passes.
+
+Per sample and pass: SC call on [source, edited] -> (prompt following, consistency); PQ call on [edited] ->
+(naturalness, artifacts); scores on 0..R (R = 25 for EditScore checkpoints, 10 for VIEScore prompts).
+SC = min, PQ = min, rescaled to 0-10; O = sqrt(SC * PQ); reward = mean of O over the passes that parsed / 10.
+Avg@K: K sampled passes (temperature 0.7, top-p 0.9, top-k 20), pass i seeded with base_seed + i, so a pass is
+reproducible; greedy=True gives one deterministic pass. A pass whose answers cannot be parsed (or lie out of
+range) is left out of the mean and counted; a sample none of whose passes parsed is NaN and a failure.
+Generation is batched over samples and both calls (left padding); images are capped like mllm_logit's.
+EditScore checkpoints are LoRA adapters on Qwen2.5-VL: `lora=` loads one with peft and merges it once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+from editrl_engine.vlm import qwen2_5_vl
+from editrl_engine.vlm.images import as_rgb_image
+
+from . import editscore_prompts as prompts
+from .base import RewardBatch, RewardModel, check_triples
+from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores
+
+SCALES = {"editscore": EDITSCORE_MAX, "viescore": VIESCORE_MAX}
+SCORES_PER_CALL = 2                                          # SC: (following, consistency); PQ: (natural, artifacts)
+BACKENDS = ("eager",)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeCall:
+    sample: int                                              # index of the sample in the scored batch
+    kind: str                                                # "sc" or "pq"
+    text: str                                                # the full chat prompt
+    images: tuple                                            # PIL RGB images in prompt order
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How one pass generates: greedy, or sampled from `seed`."""
+    do_sample: bool
+    seed: int | None
+    max_new_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 20
+
+    def generate_kwargs(self) -> dict:
+        sampled = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k) if self.do_sample else {}
+        return dict(do_sample=self.do_sample, max_new_tokens=self.max_new_tokens, **sampled)
+
+
+GenerateFn = Callable[[Sequence[JudgeCall], Decoding], list[str]]   # calls -> one answer text per call
+
+
+class EditScoreReward(RewardModel):
+    kind = "editscore"
+
+    def __init__(self, vlm: qwen2_5_vl.VLM | None, *, scale: str = "editscore", passes: int = 1,
+                 greedy: bool = False, base_seed: int = 42, max_new_tokens: int = 512, temperature: float = 0.7,
+                 top_p: float = 0.9, top_k: int = 20, batch_size: int = 8, max_image_pixels: int = 512 * 512,
+                 generate_fn: GenerateFn | None = None):
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+        if passes < 1 or (greedy and passes != 1):
+            raise ValueError(f"passes must be >= 1, and 1 when greedy (greedy passes are identical); got "
+                             f"passes={passes}, greedy={greedy}")
+        if vlm is None and generate_fn is None:
+            raise ValueError("EditScoreReward needs a vlm or a generate_fn")
+        self.vlm, self.scale, self.max_score = vlm, scale, SCALES[scale]
+        self.passes, self.greedy, self.base_seed, self.batch_size = passes, greedy, base_seed, batch_size
+        self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        self.generate_fn = generate_fn or self.generate
+        if vlm is not None:
+            vlm.tokenizer.padding_side = "left"                  # generation continues every row at the end
+            size = vlm.processor.image_processor.size
+            self.image_size = {"shortest_edge": min(size["shortest_edge"], max_image_pixels),
+                               "longest_edge": min(size["longest_edge"], max_image_pixels)}
+
+    # ---- the protocol --------------------------------------------------------------------------------------
+    def calls(self, sources: Sequence, instructions: Sequence[str], edited: Sequence) -> list[JudgeCall]:
+        """[2N] calls: SC then PQ for each sample."""
+        r = int(self.max_score)
+        out = []
+        for i, (source, instruction, image) in enumerate(zip(sources, instructions, edited)):
+            source, image = as_rgb_image(source), as_rgb_image(image)
+            out.append(JudgeCall(i, "sc", prompts.sc_prompt(instruction, r), (source, image)))
+            out.append(JudgeCall(i, "pq", prompts.pq_prompt(r), (image,)))
+        return out
+
+    def decoding(self, pass_index: int) -> Decoding:
+        if self.greedy:
+            return Decoding(do_sample=False, seed=None, **self.sampling)
+        return Decoding(do_sample=True, seed=self.base_seed + pass_index, **self.sampling)
+
+    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence) -> RewardBatch:
+        n = check_triples(sources, instructions, edited)
+        calls = self.calls(sources, instructions, edited)
+        answers = []                                                           # [K][2N] texts
+        for p in range(self.passes):
+            texts = list(self.generate_fn(calls, self.decoding(p)))
+            if len(texts) != len(calls):
+                raise ValueError(f"the generator returned {len(texts)} answers for {len(calls)} calls")
+            answers.append(texts)
+        parsed = [[parse_judge_scores(t, count=SCORES_PER_CALL, max_score=self.max_score) for t in texts]
+                  for texts in answers]                                        # [K][2N]
+        raw = torch.tensor([[p.scores if p.ok else (math.nan,) * SCORES_PER_CALL for p in row] for row in parsed],
+                           dtype=torch.float64).view(self.passes, n, 2, SCORES_PER_CALL)    # [K, N, call, score]
+        sc, pq, overall, _ = combine_sc_pq(raw[:, :, 0].reshape(-1, SCORES_PER_CALL),
+                                           raw[:, :, 1].reshape(-1, SCORES_PER_CALL), self.max_score)
+        sc, pq, overall = (t.view(self.passes, n) for t in (sc, pq, overall))  # [K, N] on 0-10, NaN if unparsed
+        reward = (overall.nanmean(dim=0) / 10).float()                          # [N], NaN when no pass parsed
+        per_ten = raw / (self.max_score / 10)                                   # [K, N, call, score] on 0-10
+        details = [self._details(i, answers, parsed, per_ten, sc, pq, overall) for i in range(n)]
+        return RewardBatch(reward=reward, details=details, failures=int(reward.isnan().sum()))
+
+    def _details(self, i: int, answers, parsed: list[list[ParsedScores]], per_ten: torch.Tensor,
+                 sc: torch.Tensor, pq: torch.Tensor, overall: torch.Tensor) -> dict:
+        """Means over parsed passes on 0-10 (each sub-score over the passes whose call parsed), and every pass."""
+        def mean(values: torch.Tensor) -> float:
+            return float(values.nanmean()) if not values.isnan().all() else math.nan
+        passes = []
+        for p in range(self.passes):
+            sc_answer, pq_answer = parsed[p][2 * i], parsed[p][2 * i + 1]
+            passes.append({"overall": float(overall[p, i]), "sc": float(sc[p, i]), "pq": float(pq[p, i]),
+                           "sc_scores": sc_answer.scores, "pq_scores": pq_answer.scores,
+                           "sc_text": answers[p][2 * i], "pq_text": answers[p][2 * i + 1],
+                           "sc_error": sc_answer.error, "pq_error": pq_answer.error})
+        failed = sum(math.isnan(entry["overall"]) for entry in passes)
+        detail = {"overall": mean(overall[:, i]), "sc": mean(sc[:, i]), "pq": mean(pq[:, i]),
+                  "prompt_following": mean(per_ten[:, i, 0, 0]), "consistency": mean(per_ten[:, i, 0, 1]),
+                  "naturalness": mean(per_ten[:, i, 1, 0]), "artifacts": mean(per_ten[:, i, 1, 1]),
+                  "failed_passes": failed, "passes": passes}
+        if failed == self.passes:
+            first = passes[0]
+            detail["error"] = f"no pass parsed (pass 0: sc: {first['sc_error']}; pq: {first['pq_error']})"
+        return detail
+
+    # ---- generation with the VLM ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, calls: Sequence[JudgeCall], decoding: Decoding) -> list[str]:
+        """One answer per call, in batches of batch_size; a sampled pass draws from its own seed, leaving the
+        global RNG untouched."""
+        model = self.vlm.model
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)
+            texts = []
+            for start in range(0, len(calls), self.batch_size):
+                texts += self._generate_batch(calls[start: start + self.batch_size], decoding)
+        return texts
+
+    def _generate_batch(self, calls: Sequence[JudgeCall], decoding: Decoding) -> list[str]:
+        model, tokenizer = self.vlm.model, self.vlm.tokenizer
+        inputs = self.vlm.processor(text=[c.text for c in calls], images=[im for c in calls for im in c.images],
+                                    padding=True, size=self.image_size, return_tensors="pt")
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}             # input_ids [B, S], left-padded
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        ids = model.generate(**inputs, **decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def metadata(self) -> dict:
+        return {"kind": self.kind, "origin": self.vlm.origin if self.vlm is not None else "generate_fn",
+                "scale": self.scale, "passes": self.passes, "greedy": self.greedy, "base_seed": self.base_seed,
+                **self.sampling}
+
+
+def merge_lora(model: torch.nn.Module, adapter: str | os.PathLike) -> torch.nn.Module:
+    """The model with the peft LoRA adapter in folder `adapter` merged into its weights (done once, at load)."""
+    from peft import PeftModel
+    adapter = os.fspath(adapter)
+    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise FileNotFoundError(f"LoRA adapter folder {adapter!r} has no adapter_config.json (expected what peft's "
+                                f"save_pretrained writes)")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval().requires_grad_(False)
+
+
+def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
+         dtype: torch.dtype = torch.float32, backend: str = "eager", *, lora: str | os.PathLike | None = None,
+         seed: int = 0, **options) -> EditScoreReward:
+    """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny", random weights from `seed`), with an optional
+    LoRA adapter folder `lora` merged in. options: EditScoreReward's (scale, passes, greedy, base_seed, ...)."""
+    if backend not in BACKENDS:
+        raise NotImplementedError(f"editscore backend {backend!r} is not implemented yet; available: "
+                                  f"{', '.join(BACKENDS)}")
+    vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype,
+                          templates=prompts.vocabulary_texts(), seed=seed)
+    if lora is not None:
+        vlm = dataclasses.replace(vlm, model=merge_lora(vlm.model, lora), origin=f"{vlm.origin}+lora:{lora}")
+    return EditScoreReward(vlm, **options)
