@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import editrl_engine.reward as reward_module
 from editrl_engine.reward import CombinedReward, RewardBatch, RewardModel, load_reward
 
 
@@ -70,10 +71,11 @@ def test_load_reward_combines_kinds_with_per_part_settings():
         load_reward({"mllm_logit": {"preset": "tiny"}})
 
 
-def test_bad_kinds_are_refused():
+def test_bad_kinds_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="unknown reward kind 'clip'"):
         load_reward("clip")
     with pytest.raises(ValueError, match="unknown reward kind 'clip'"):
         load_reward({"mllm_logit": 0.5, "clip": 0.5}, preset="tiny")
-    with pytest.raises(NotImplementedError, match="reward kind 'verifier' is not implemented yet"):
-        load_reward("verifier")
+    monkeypatch.setitem(reward_module.KINDS, "planned", "editrl_engine.reward.no_such_module")
+    with pytest.raises(NotImplementedError, match="reward kind 'planned' is not implemented yet"):
+        load_reward("planned")

@@ -233,3 +233,21 @@ def _row_min(scores: torch.Tensor) -> torch.Tensor:
     nan_rows = scores.isnan().any(dim=1)
     return torch.where(nan_rows, torch.full_like(nan_rows, math.nan, dtype=scores.dtype),
                        scores.nan_to_num(nan=math.inf).amin(dim=1))
+
+
+# ---- generic: any JSON-like object in an answer --------------------------------------------------------------
+def find_json_object(text: object, accept) -> tuple[dict | None, bool]:
+    """The first JSON-like object in an answer (inside ``` fences first, then anywhere) for which `accept(obj)`
+    holds, read with the repairs above (smart and single quotes, trailing commas, a cut-off end closed), and
+    whether it had to be closed (the answer was cut off); (None, False) when there is none."""
+    if not isinstance(text, str) or not text.strip():
+        return None, False
+    text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
+    fenced = _FENCE.search(text)
+    for candidate in [fenced.group(1), text] if fenced else [text]:
+        for chunk, closed in _top_level_objects(candidate):
+            for attempt in [chunk] if closed else _close_truncated(chunk):
+                loaded = _load_loose(attempt)
+                if isinstance(loaded, dict) and accept(loaded):
+                    return loaded, not closed
+    return None, False
