@@ -1,0 +1,146 @@
+"""The `editrl` command line: one argparse subcommand per job; each job's module is imported only when run.
+
+    editrl eval editreward-bench --data DIR --reward KIND[:PATH] [--preset tiny] [--avg-k K] [--cache FILE]
+                                 [--out FILE] [--limit N]
+    editrl eval gedit --edits DIR --reward KIND[:PATH] [...]
+
+A command is added by writing `_add_<name>(subparsers)` that builds its parser and sets `run=`, and listing it
+in COMMANDS. Nothing in the package imports this module.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as `editrl: error: ...`, exit status 2."""
+
+
+def _reward_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reward")
+    group.add_argument("--reward", required=True, metavar="KIND[:PATH]",
+                       help="reward kind (editscore, mllm_logit, verifier, programmatic), optionally with ':' and "
+                            "the local folder of its weights, e.g. mllm_logit:/models/Qwen2.5-VL-7B-Instruct")
+    group.add_argument("--preset", help="build the reward from a preset instead of weights (e.g. tiny: random "
+                                        "weights, for smoke tests)")
+    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default: float32)")
+    group.add_argument("--backend", default="eager", help="scoring backend (default: eager)")
+    group.add_argument("--avg-k", type=int, default=1, metavar="K",
+                       help="Avg@K self-ensemble: K sampled judge passes per image, for rewards that have it")
+    group.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per score() call")
+    run = parser.add_argument_group("run")
+    run.add_argument("--cache", metavar="FILE", help="per-image score cache (JSONL); reused across runs")
+    run.add_argument("--out", metavar="FILE", help="write the full results as JSON here (atomically)")
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N rows (smoke tests)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load_reward(args: argparse.Namespace):
+    import torch
+
+    from .reward import load_reward
+
+    kind, _, path = args.reward.partition(":")
+    if args.avg_k < 1:
+        raise CommandError(f"--avg-k must be >= 1, got {args.avg_k}")
+    if not path and not args.preset and kind not in ("programmatic",):
+        raise CommandError(f"--reward {kind} needs weights: give KIND:PATH or --preset")
+    return load_reward(kind, path=path or None, preset=args.preset, device=args.device,
+                       dtype=getattr(torch, args.dtype), backend=args.backend)
+
+
+def _finish(args: argparse.Namespace, result: dict, lines: list[str]) -> None:
+    from .eval import write_json_atomic
+
+    print("\n".join(lines))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"results: {args.out}")
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{value:.4f}"
+
+
+def _run_editreward_bench(args: argparse.Namespace) -> None:
+    from .eval import ScoreCache, editreward_bench
+
+    rows = editreward_bench.read_rows(args.data, limit=args.limit)
+    reward = _load_reward(args)
+    result = editreward_bench.evaluate(reward, rows, avg_k=args.avg_k, cache=ScoreCache(args.cache),
+                                       batch_size=args.batch_size, progress=not args.no_progress)
+    lines = [f"EditReward-Bench: {result['rows']} rows, reward {reward.kind}, Avg@{args.avg_k}, "
+             f"parse failures {result['parse_failure_rate']:.2%}"]
+    for dimension, d in result["dimensions"].items():
+        groups = "  ".join(f"{g} {_fmt(v)}" for g, v in d["groups"].items())
+        note = "" if d["complete"] else f"  ({len(d['missing_tasks'])} of 13 tasks missing)"
+        lines.append(f"  {dimension:16s} macro {_fmt(d['macro'])}  {groups}{note}")
+    _finish(args, result, lines)
+
+
+def _run_gedit(args: argparse.Namespace) -> None:
+    from .eval import ScoreCache, gedit
+
+    rows = gedit.read_edits(args.edits, limit=args.limit)
+    reward = _load_reward(args)
+    result = gedit.evaluate(reward, rows, avg_k=args.avg_k, cache=ScoreCache(args.cache),
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    lines = [f"GEdit: {result['rows']} edits, reward {reward.kind}, Avg@{args.avg_k}: "
+             f"macro O {_fmt(result['macro_o'])} (0-10)"]
+    lines += [f"  {t:24s} {_fmt(v['mean_o'])}  n={v['n']}" for t, v in result["types"].items()]
+    _finish(args, result, lines)
+
+
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a reward or a set of edits on a benchmark",
+                                   description="Evaluate a reward model (EditReward-Bench) or a folder of edits "
+                                               "(GEdit-style) and print the headline numbers.")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    bench = benches.add_parser(
+        "editreward-bench", help="pairwise accuracy of a reward on EditReward-Bench",
+        description="Strict pairwise accuracy (ties and failures count as wrong) per task, macro mean over the "
+                    "13 tasks, the four task groups and the three dimensions (prompt_following, consistency, "
+                    "overall) of a reward on EditReward-Bench rows read from a local folder (parquet or JSONL).")
+    bench.add_argument("--data", required=True, metavar="DIR", help="folder (or file) of the benchmark rows")
+    _reward_arguments(bench)
+    bench.set_defaults(run=_run_editreward_bench)
+    edits = benches.add_parser(
+        "gedit", help="GEdit-style score of a folder of edits",
+        description="Score each edit (O = sqrt(SC*PQ) on 0-10), average per task type, then over types. "
+                    "The folder holds manifest.jsonl: task_type, instruction, source, edited per line.")
+    edits.add_argument("--edits", required=True, metavar="DIR", help="folder with manifest.jsonl (or the file)")
+    _reward_arguments(edits)
+    edits.set_defaults(run=_run_gedit)
+
+
+COMMANDS = (_add_eval,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="editrl", description="editrl-engine: RL of instruction-guided image editors with vision-language "
+                                   "rewards. Run `editrl COMMAND --help` for a command's options.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (CommandError, ValueError, NotImplementedError, FileNotFoundError) as error:
+        print(f"editrl: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
