@@ -109,6 +109,10 @@ def test_avg_at_k_averages_the_passes_that_parsed_and_counts_the_rest():
     assert [d.seed for d in decodings] == [42, 43, 44] and all(d.do_sample for d in decodings)
     assert decodings[0].generate_kwargs() == dict(do_sample=True, max_new_tokens=512, temperature=0.7, top_p=0.9,
                                                   top_k=20)
+    # the same ensemble asked for per call (what `editrl eval --avg-k 3` does) gives the same rewards
+    per_call = EditScoreReward(None, generate_fn=Script(table)).score(SOURCES[:3], INSTRUCTIONS, EDITED, avg_k=3)
+    torch.testing.assert_close(per_call.reward, batch.reward, equal_nan=True)
+    assert [d["failed_passes"] for d in per_call.details] == [1, 2, 3]
 
 
 def test_greedy_is_one_unseeded_pass():
@@ -118,6 +122,9 @@ def test_greedy_is_one_unseeded_pass():
     assert decoding.seed is None and decoding.generate_kwargs() == dict(do_sample=False, max_new_tokens=512)
     with pytest.raises(ValueError, match="greedy"):
         EditScoreReward(None, greedy=True, passes=4, generate_fn=script)
+    with pytest.raises(ValueError, match="greedy"):
+        EditScoreReward(None, greedy=True, generate_fn=script).score(SOURCES[:1], INSTRUCTIONS[:1], EDITED[:1],
+                                                                     avg_k=2)
     with pytest.raises(ValueError, match="answers"):
         EditScoreReward(None, generate_fn=lambda calls, d: ["x"]).score(SOURCES[:1], INSTRUCTIONS[:1], EDITED[:1])
 

@@ -96,11 +96,16 @@ class EditScoreReward(RewardModel):
             return Decoding(do_sample=False, seed=None, **self.sampling)
         return Decoding(do_sample=True, seed=self.base_seed + pass_index, **self.sampling)
 
-    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence) -> RewardBatch:
+    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
+              avg_k: int | None = None) -> RewardBatch:
+        """avg_k: passes of the self-ensemble for this call (default: the `passes` the reward was built with)."""
         n = check_triples(sources, instructions, edited)
+        num_passes = self.passes if avg_k is None else avg_k
+        if num_passes < 1 or (self.greedy and num_passes != 1):
+            raise ValueError(f"avg_k must be >= 1, and 1 for a greedy judge; got avg_k={avg_k}, greedy={self.greedy}")
         calls = self.calls(sources, instructions, edited)
         answers = []                                                           # [K][2N] texts
-        for p in range(self.passes):
+        for p in range(num_passes):
             texts = list(self.generate_fn(calls, self.decoding(p)))
             if len(texts) != len(calls):
                 raise ValueError(f"the generator returned {len(texts)} answers for {len(calls)} calls")
@@ -108,10 +113,10 @@ class EditScoreReward(RewardModel):
         parsed = [[parse_judge_scores(t, count=SCORES_PER_CALL, max_score=self.max_score) for t in texts]
                   for texts in answers]                                        # [K][2N]
         raw = torch.tensor([[p.scores if p.ok else (math.nan,) * SCORES_PER_CALL for p in row] for row in parsed],
-                           dtype=torch.float64).view(self.passes, n, 2, SCORES_PER_CALL)    # [K, N, call, score]
+                           dtype=torch.float64).view(num_passes, n, 2, SCORES_PER_CALL)    # [K, N, call, score]
         sc, pq, overall, _ = combine_sc_pq(raw[:, :, 0].reshape(-1, SCORES_PER_CALL),
                                            raw[:, :, 1].reshape(-1, SCORES_PER_CALL), self.max_score)
-        sc, pq, overall = (t.view(self.passes, n) for t in (sc, pq, overall))  # [K, N] on 0-10, NaN if unparsed
+        sc, pq, overall = (t.view(num_passes, n) for t in (sc, pq, overall))  # [K, N] on 0-10, NaN if unparsed
         reward = (overall.nanmean(dim=0) / 10).float()                          # [N], NaN when no pass parsed
         per_ten = raw / (self.max_score / 10)                                   # [K, N, call, score] on 0-10
         details = [self._details(i, answers, parsed, per_ten, sc, pq, overall) for i in range(n)]
@@ -123,7 +128,7 @@ class EditScoreReward(RewardModel):
         def mean(values: torch.Tensor) -> float:
             return float(values.nanmean()) if not values.isnan().all() else math.nan
         passes = []
-        for p in range(self.passes):
+        for p in range(overall.shape[0]):
             sc_answer, pq_answer = parsed[p][2 * i], parsed[p][2 * i + 1]
             passes.append({"overall": float(overall[p, i]), "sc": float(sc[p, i]), "pq": float(pq[p, i]),
                            "sc_scores": sc_answer.scores, "pq_scores": pq_answer.scores,
@@ -134,7 +139,7 @@ class EditScoreReward(RewardModel):
                   "prompt_following": mean(per_ten[:, i, 0, 0]), "consistency": mean(per_ten[:, i, 0, 1]),
                   "naturalness": mean(per_ten[:, i, 1, 0]), "artifacts": mean(per_ten[:, i, 1, 1]),
                   "failed_passes": failed, "passes": passes}
-        if failed == self.passes:
+        if failed == len(passes):
             first = passes[0]
             detail["error"] = f"no pass parsed (pass 0: sc: {first['sc_error']}; pq: {first['pq_error']})"
         return detail
