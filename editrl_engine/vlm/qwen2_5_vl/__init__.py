@@ -5,30 +5,18 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
+from ..handle import VLM
 from .config import TINY_MODEL, TINY_PROCESSOR, ModelConfig, ProcessorConfig
 from .folder import REQUIRED_FILES, load_folder, missing_files
 from .processor import ImageTextProcessor, build_processor
 from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 PRESETS: dict[str, tuple[ModelConfig, ProcessorConfig]] = {"tiny": (TINY_MODEL, TINY_PROCESSOR)}
-
-
-@dataclasses.dataclass
-class VLM:
-    model: torch.nn.Module                  # Qwen2_5_VLForConditionalGeneration, eval mode, no grad
-    processor: Any                          # ImageTextProcessor (its .tokenizer is the Qwen2 tokenizer)
-    origin: str                             # "preset:tiny" or "path:/models/..."
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
