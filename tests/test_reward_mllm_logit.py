@@ -114,5 +114,5 @@ def test_a_saved_folder_gives_the_same_rewards(reward, tmp_path):
 
 
 def test_unknown_backends_are_refused():
-    with pytest.raises(NotImplementedError, match="backend 'tensorrt' is not implemented yet"):
-        load_reward("mllm_logit", preset="tiny", backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown mllm_logit backend 'bogus'"):
+        load_reward("mllm_logit", preset="tiny", backend="bogus")

@@ -7,6 +7,8 @@ The shared part of a group (instruction, source) comes first in the prompt: scor
 group and reuses its KV cache for every candidate (prefix_cache.py).
 Samples are scored in batches, left-padded with an attention mask, so the answer position is the last one;
 images are resized so their visual tokens stay at most those of a max_image_pixels image (512² by default).
+score() runs the decoder through a scoring backend (backends.py: eager, compiled, onnx, tensorrt); the vision
+tower and score_groups() (KV-cache reuse) stay eager.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from editrl_engine.vlm import qwen2_5_vl
 from editrl_engine.vlm.images import as_rgb_image
 
-from . import prefix_cache
+from . import backends, prefix_cache
 from .base import RewardBatch, RewardModel, check_triples
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -35,7 +37,7 @@ PROMPT_TEMPLATE = PREFIX_TEMPLATE + SUFFIX
 REQUIREMENT_LINE = "Task requirement: {}\n"
 RATINGS = tuple(range(6))                                # the answers "0".."5"
 MAX_RATING = RATINGS[-1]
-BACKENDS = ("eager",)
+BACKENDS = backends.SCORING_BACKENDS
 
 
 def build_prefix(instruction: str, requirement: str | None = None) -> str:
@@ -65,9 +67,13 @@ class MllmLogitReward(RewardModel):
     kind = "mllm_logit"
 
     def __init__(self, vlm: qwen2_5_vl.VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
-                 batch_size: int = 8):
+                 batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None):
+        """backend_options go to backends.make_scorer (max_batch defaults to batch_size)."""
         self.vlm, self.requirement, self.batch_size = vlm, requirement, batch_size
         self.digit_ids = digit_token_ids(vlm.tokenizer)
+        self.backend = backend
+        self.scorer = None if backend == "eager" else backends.make_scorer(
+            backend, vlm.model, self.digit_ids, **{"max_batch": batch_size, **(backend_options or {})})
         self.vlm.tokenizer.padding_side = "left"                 # the answer position is the last one in every row
         size = vlm.processor.image_processor.size
         self.image_size = {"shortest_edge": min(size["shortest_edge"], max_image_pixels),
@@ -88,15 +94,21 @@ class MllmLogitReward(RewardModel):
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         return model(**inputs, logits_to_keep=1).logits[:, -1]                     # [B, V]
 
+    def digit_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B, 6] of "0".."5" at the answer position, through the scoring backend."""
+        if self.scorer is None:
+            return self.answer_logits(inputs)[:, self.digit_ids]
+        return self.scorer(*backends.embedded_inputs(self.vlm.model, inputs))
+
     def rating_probabilities(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
                              requirements: Sequence[str | None]) -> torch.Tensor:
         """p [N, 6] (float64): softmax over the logits of "0".."5" at the answer position."""
         chunks = []
         for start in range(0, len(edited), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            logits = self.answer_logits(self.inputs(sources[batch], instructions[batch], edited[batch],
-                                                    requirements[batch]))
-            chunks.append(torch.softmax(logits[:, self.digit_ids].double(), dim=-1).cpu())      # [B, 6]
+            logits = self.digit_logits(self.inputs(sources[batch], instructions[batch], edited[batch],
+                                                   requirements[batch]))
+            chunks.append(torch.softmax(logits.double(), dim=-1).cpu())                         # [B, 6]
         return torch.cat(chunks)
 
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
@@ -145,7 +157,7 @@ class MllmLogitReward(RewardModel):
                                                 requirements))
 
     def metadata(self) -> dict:
-        return {"kind": self.kind, "origin": self.vlm.origin, "requirement": self.requirement,
+        return {"kind": self.kind, "origin": self.vlm.origin, "requirement": self.requirement, "backend": self.backend,
                 "image_size": dict(self.image_size)}
 
 
@@ -164,10 +176,12 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
          dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, **options) -> MllmLogitReward:
     """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny": random weights, tokenizer learnt on the prompt).
 
-    options: requirement, max_image_pixels, batch_size (MllmLogitReward)."""
+    backend: one of BACKENDS (backends.py); one that cannot run here raises BackendUnavailable saying why.
+    options: requirement, max_image_pixels, batch_size, backend_options (MllmLogitReward)."""
     if backend not in BACKENDS:
-        raise NotImplementedError(f"mllm_logit backend {backend!r} is not implemented yet; available: "
-                                  f"{', '.join(BACKENDS)}")
+        raise ValueError(f"unknown mllm_logit backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        from . import tensorrt_scorer  # noqa: F401  (fails fast, before the model loads, where TensorRT is missing)
     vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype,
                           templates=(PROMPT_TEMPLATE, REQUIREMENT_LINE), seed=seed)
-    return MllmLogitReward(vlm, **options)
+    return MllmLogitReward(vlm, backend=backend, **options)
