@@ -116,3 +116,10 @@ def test_a_saved_folder_gives_the_same_rewards(reward, tmp_path):
 def test_unknown_backends_are_refused():
     with pytest.raises(ValueError, match="unknown mllm_logit backend 'bogus'"):
         load_reward("mllm_logit", preset="tiny", backend="bogus")
+
+
+def test_a_qwen3_vl_judge_loads_by_family_and_scores():
+    reward = load_reward("mllm_logit", preset="tiny", family="qwen3-vl")
+    assert reward.vlm.model.config.model_type == "qwen3_vl"
+    batch = reward.score(SOURCES[:2], INSTRUCTIONS[:2], EDITED[:2])
+    assert batch.failures == 0 and bool(((batch.reward >= 0) & (batch.reward <= 1)).all())

@@ -72,8 +72,10 @@ def test_a_saved_folder_loads_to_the_same_model_by_family_or_detection(tiny, tmp
 def test_a_missing_folder_or_file_is_named(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         qwen3_vl.load(path=tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="missing: config.json"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         vlms.load(path=tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="missing: config.json"):
+        vlms.family_of(tmp_path / "absent")
     tiny.model.save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="tokenizer_config.json.*preprocessor_config.json"):
         qwen3_vl.load(path=tmp_path)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from editrl_engine.vlm import qwen2_5_vl
+from editrl_engine.vlm import VLM
+from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
 from . import editscore_prompts as prompts
@@ -59,7 +60,7 @@ GenerateFn = Callable[[Sequence[JudgeCall], Decoding], list[str]]   # calls -> o
 class EditScoreReward(RewardModel):
     kind = "editscore"
 
-    def __init__(self, vlm: qwen2_5_vl.VLM | None, *, scale: str = "editscore", passes: int = 1,
+    def __init__(self, vlm: VLM | None, *, scale: str = "editscore", passes: int = 1,
                  greedy: bool = False, base_seed: int = 42, max_new_tokens: int = 512, temperature: float = 0.7,
                  top_p: float = 0.9, top_k: int = 20, batch_size: int = 8, max_image_pixels: int = 512 * 512,
                  generate_fn: GenerateFn | None = None):
@@ -186,13 +187,13 @@ def merge_lora(model: torch.nn.Module, adapter: str | os.PathLike) -> torch.nn.M
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.float32, backend: str = "eager", *, lora: str | os.PathLike | None = None,
-         seed: int = 0, **options) -> EditScoreReward:
-    """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny", random weights from `seed`), with an optional
+         seed: int = 0, family: str | None = None, **options) -> EditScoreReward:
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny", random weights from `seed`), with an optional
     LoRA adapter folder `lora` merged in. options: EditScoreReward's (scale, passes, greedy, base_seed, ...)."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"editscore backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")
-    vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype,
+    vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family,
                           templates=prompts.vocabulary_texts(), seed=seed)
     if lora is not None:
         vlm = dataclasses.replace(vlm, model=merge_lora(vlm.model, lora), origin=f"{vlm.origin}+lora:{lora}")

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from editrl_engine.vlm import qwen2_5_vl
+from editrl_engine.vlm import VLM
+from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
 from . import backends, prefix_cache
@@ -66,7 +67,7 @@ class MllmLogitReward(RewardModel):
 
     kind = "mllm_logit"
 
-    def __init__(self, vlm: qwen2_5_vl.VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
+    def __init__(self, vlm: VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
                  batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None):
         """backend_options go to backends.make_scorer (max_batch defaults to batch_size)."""
         self.vlm, self.requirement, self.batch_size = vlm, requirement, batch_size
@@ -173,8 +174,8 @@ def rewards(probabilities: torch.Tensor) -> RewardBatch:
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, **options) -> MllmLogitReward:
-    """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny": random weights, tokenizer learnt on the prompt).
+         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None, **options) -> MllmLogitReward:
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny": random weights, tokenizer learnt on the prompt).
 
     backend: one of BACKENDS (backends.py); one that cannot run here raises BackendUnavailable saying why.
     options: requirement, max_image_pixels, batch_size, backend_options (MllmLogitReward)."""
@@ -182,6 +183,6 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
         raise ValueError(f"unknown mllm_logit backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "tensorrt":
         from . import tensorrt_scorer  # noqa: F401  (fails fast, before the model loads, where TensorRT is missing)
-    vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype,
+    vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family,
                           templates=(PROMPT_TEMPLATE, REQUIREMENT_LINE), seed=seed)
     return MllmLogitReward(vlm, backend=backend, **options)

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from editrl_engine.vlm import qwen2_5_vl
+from editrl_engine.vlm import VLM
+from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
 from . import verifier_prompts as vp
@@ -49,7 +50,7 @@ class Sampling:
 class VLMGenerator:
     """generate_fn backed by a Qwen2.5-VL: batches of prompts, left-padded, images capped to max_image_pixels."""
 
-    def __init__(self, vlm: qwen2_5_vl.VLM, sampling: Sampling = Sampling(), batch_size: int = 8,
+    def __init__(self, vlm: VLM, sampling: Sampling = Sampling(), batch_size: int = 8,
                  max_image_pixels: int = 512 * 512):
         self.vlm, self.sampling, self.batch_size = vlm, sampling, batch_size
         self.vlm.tokenizer.padding_side = "left"                 # new tokens start at the same column in every row
@@ -163,16 +164,16 @@ class VerifierReward(RewardModel):
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0,
+         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None,
          sampling: Sampling | dict | None = None, batch_size: int = 8, max_image_pixels: int = 512 * 512,
          generate_principles: bool = True) -> VerifierReward:
-    """From a local Qwen2.5-VL folder (`path`) or a preset ("tiny": random weights, tokenizer learnt on the
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny": random weights, tokenizer learnt on the
     prompts). sampling: a Sampling or its fields as a dict (greedy, 1024 new tokens by default)."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"verifier backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")
     sampling = Sampling(**sampling) if isinstance(sampling, dict) else sampling or Sampling()
-    vlm = qwen2_5_vl.load(path=path, preset=preset, device=device, dtype=dtype, seed=seed,
+    vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family, seed=seed,
                           templates=(vp.PRINCIPLES_TEMPLATE, vp.VERDICT_TEMPLATE))
     generator = VLMGenerator(vlm, sampling, batch_size=batch_size, max_image_pixels=max_image_pixels)
     return VerifierReward(generator, generate_principles=generate_principles, origin=vlm.origin)
