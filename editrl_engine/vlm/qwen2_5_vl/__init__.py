@@ -16,7 +16,9 @@ from .folder import REQUIRED_FILES, load_folder, missing_files
 from .processor import ImageTextProcessor, build_processor
 from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
-PRESETS: dict[str, tuple[ModelConfig, ProcessorConfig]] = {"tiny": (TINY_MODEL, TINY_PROCESSOR)}
+# "qwen2.5-vl-7b": the published 7B sizes (ModelConfig's defaults) with random weights, for benchmarks on a GPU
+PRESETS: dict[str, tuple[ModelConfig, ProcessorConfig]] = {"tiny": (TINY_MODEL, TINY_PROCESSOR),
+                                                           "qwen2.5-vl-7b": (ModelConfig(), ProcessorConfig())}
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
