@@ -7,6 +7,7 @@ Avg@K: K sampled passes (temperature 0.7, top-p 0.9, top-k 20), pass i seeded wi
 reproducible; greedy=True gives one deterministic pass. A pass whose answers cannot be parsed (or lie out of
 range) is left out of the mean and counted; a sample none of whose passes parsed is NaN and a failure.
 Generation is batched over samples and both calls (left padding); images are capped like mllm_logit's.
+score_groups(): the SC prefix shared by a group's candidates is prefilled once (editscore_groups.py).
 EditScore checkpoints are LoRA adapters on Qwen2.5-VL: `lora=` loads one with peft and merges it once.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from editrl_engine.vlm import VLM
 from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
+from . import editscore_groups
 from . import editscore_prompts as prompts
 from .base import RewardBatch, RewardModel, check_triples
 from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores
@@ -101,9 +103,7 @@ class EditScoreReward(RewardModel):
               avg_k: int | None = None) -> RewardBatch:
         """avg_k: passes of the self-ensemble for this call (default: the `passes` the reward was built with)."""
         n = check_triples(sources, instructions, edited)
-        num_passes = self.passes if avg_k is None else avg_k
-        if num_passes < 1 or (self.greedy and num_passes != 1):
-            raise ValueError(f"avg_k must be >= 1, and 1 for a greedy judge; got avg_k={avg_k}, greedy={self.greedy}")
+        num_passes = self._num_passes(avg_k)
         calls = self.calls(sources, instructions, edited)
         answers = []                                                           # [K][2N] texts
         for p in range(num_passes):
@@ -111,6 +111,42 @@ class EditScoreReward(RewardModel):
             if len(texts) != len(calls):
                 raise ValueError(f"the generator returned {len(texts)} answers for {len(calls)} calls")
             answers.append(texts)
+        return self._aggregate(n, answers)
+
+    def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
+                     avg_k: int | None = None) -> RewardBatch:
+        """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]). The SC prompt's shared
+        prefix (system, instruction, source image) is prefilled once per group and its KV cache reused for every
+        candidate and pass (editscore_groups.py); the PQ calls (nothing shared but the system text) run batched as
+        in score(). One RewardBatch over all candidates, group-major; greedy, it equals score() on the flattened
+        triples (sampled passes are seeded and reproducible, but draw differently). Without a vlm (a generate_fn
+        judge) it is score() on the flattened triples."""
+        check_triples(sources, instructions, candidates)
+        if any(len(group) == 0 for group in candidates):
+            raise ValueError("score_groups() got an empty group of candidates")
+        flat_sources = [s for s, group in zip(sources, candidates) for _ in group]
+        flat_instructions = [i for i, group in zip(instructions, candidates) for _ in group]
+        flat_edited = [image for group in candidates for image in group]
+        if self.vlm is None or self.generate_fn != self.generate:
+            return self.score(flat_sources, flat_instructions, flat_edited, avg_k=avg_k)
+        num_passes = self._num_passes(avg_k)
+        decodings = [self.decoding(p) for p in range(num_passes)]
+        sc = editscore_groups.sc_answers(self, list(sources), list(instructions), [list(g) for g in candidates],
+                                         decodings)                                  # [K][N]
+        pq_calls = [c for c in self.calls(flat_sources, flat_instructions, flat_edited) if c.kind == "pq"]
+        pq = [self.generate(pq_calls, d) for d in decodings]                         # [K][N]
+        answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(num_passes)]  # [K][2N]
+        return self._aggregate(len(flat_edited), answers)
+
+    def _num_passes(self, avg_k: int | None) -> int:
+        num_passes = self.passes if avg_k is None else avg_k
+        if num_passes < 1 or (self.greedy and num_passes != 1):
+            raise ValueError(f"avg_k must be >= 1, and 1 for a greedy judge; got avg_k={avg_k}, greedy={self.greedy}")
+        return num_passes
+
+    def _aggregate(self, n: int, answers: list[list[str]]) -> RewardBatch:
+        """The RewardBatch of [K][2N] answer texts (SC, PQ of sample 0, then of sample 1, ...)."""
+        num_passes = len(answers)
         parsed = [[parse_judge_scores(t, count=SCORES_PER_CALL, max_score=self.max_score) for t in texts]
                   for texts in answers]                                        # [K][2N]
         raw = torch.tensor([[p.scores if p.ok else (math.nan,) * SCORES_PER_CALL for p in row] for row in parsed],

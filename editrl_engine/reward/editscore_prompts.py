@@ -1,5 +1,7 @@
 """The two judge prompts of the editscore reward (VIEScore structure): SC on [source, edited], PQ on [edited].
 
+The SC prompt puts what a group of candidates shares first (system, instruction, source image), then the edited
+image and the questions, so score_groups() can prefill the shared part once per group.
 Each asks for two integer scores on 0..max_score and an answer in JSON with the reasoning first and the scores
 last, {"reasoning": "...", "score": [a, b]}, which `parsing.parse_judge_scores` reads.
 SC: score1 = how well the instruction was carried out (prompt following), score2 = how little beyond it was
@@ -15,9 +17,12 @@ ANSWER_FORMAT = (
     "Answer with a JSON object only, the reasoning first and the scores last, in this form:\n"
     '{{"reasoning": "<what you observed>", "score": [<score1>, <score2>]}}'
 )
-SC_TEMPLATE = (                                            # fields: instruction, max_score
-    "The first image is the original. The second image is the original after an AI tool edited it following "
-    "this instruction: {instruction}\n"
+SC_SHARED = (                                              # field: instruction; then the source image
+    "An AI tool edited an image following this instruction: {instruction}\n"
+    "The first image is the original: " + IMAGE
+)
+SC_CANDIDATE = (                                           # field: max_score; the edited image first
+    "\nThe second image is the original after the edit: " + IMAGE + "\n"
     "Give two integer scores from 0 to {max_score}.\n"
     "score1: how well the edit carries out the instruction. 0 means the instruction was not followed at all; "
     "{max_score} means it was followed completely.\n"
@@ -36,19 +41,29 @@ PQ_TEMPLATE = (                                            # field: max_score
 CALL_IMAGES = {"sc": 2, "pq": 1}                           # images each call shows: SC [source, edited], PQ [edited]
 
 
-def _chat(images: int, text: str) -> str:
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{IMAGE * images}{text}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+HEAD = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
+TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def sc_prefix(instruction: str) -> str:
+    """The part of the SC prompt a group's candidates share: system, instruction, source image. It ends on the
+    special token <|vision_end|>, so prefix and suffix tokenize exactly as the whole prompt does."""
+    return HEAD + SC_SHARED.format(instruction=instruction)
+
+
+def sc_suffix(max_score: int) -> str:
+    """The candidate's part of the SC prompt: its image slot takes the edited image."""
+    return SC_CANDIDATE.format(max_score=max_score) + TAIL
 
 
 def sc_prompt(instruction: str, max_score: int) -> str:
-    """The SC prompt; its two image slots take [source, edited]."""
-    return _chat(CALL_IMAGES["sc"], SC_TEMPLATE.format(instruction=instruction, max_score=max_score))
+    """The SC prompt (shared prefix + candidate suffix); its two image slots take [source, edited]."""
+    return sc_prefix(instruction) + sc_suffix(max_score)
 
 
 def pq_prompt(max_score: int) -> str:
     """The PQ prompt; its one image slot takes the edited image."""
-    return _chat(CALL_IMAGES["pq"], PQ_TEMPLATE.format(max_score=max_score))
+    return HEAD + IMAGE + PQ_TEMPLATE.format(max_score=max_score) + TAIL
 
 
 def vocabulary_texts() -> tuple[str, ...]:

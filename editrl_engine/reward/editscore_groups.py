@@ -1,0 +1,94 @@
+"""Shared-prefix generation of the editscore SC answers for groups of candidates (EditScoreReward.score_groups).
+
+A group's G candidates share (instruction, source), the SC prompt's prefix (editscore_prompts.sc_prefix): it is
+prefilled once per group (prefix_cache.prefill, batch_size groups at a time, left-padded), and every candidate's
+suffix (edited image + questions) is generated on a gathered copy of that KV cache, for every pass; the edited
+images of a chunk are encoded once and reused by every pass. model.generate continues the cache: it gets the
+full ids [prefix row | suffix] and mask, explicit M-RoPE positions (prefix positions, then the suffix's own
+shifted by the prefix's next position: what the whole prompt gets) and the pre-encoded suffix images, and only
+runs the uncached suffix tokens.
+Sampling: each pass keeps its own RNG stream (seeded with its seed, carried from chunk to chunk), so a pass is
+reproducible; the draws differ from score()'s, whose batches mix SC and PQ calls. Greedy answers equal score()'s.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from editrl_engine.vlm.images import as_rgb_image
+
+from . import editscore_prompts as prompts
+from . import prefix_cache
+
+
+def _rng_state(devices: list) -> tuple:
+    return torch.random.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state: tuple, devices: list) -> None:
+    torch.random.set_rng_state(state[0])
+    for device, cuda_state in zip(devices, state[1]):
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
+class Continuation:
+    """Suffixes [N] continuing prefix rows `rows`, ready to generate any number of times on the shared cache."""
+
+    def __init__(self, model, prefix: prefix_cache.Prefix, prefix_inputs: dict, rows: torch.Tensor, suffix: dict):
+        self.model, self.prefix, self.rows = model, prefix, rows
+        device = model.device
+        prefix_ids = prefix_inputs["input_ids"].index_select(0, rows)                       # [N, P]
+        prefix_mask = prefix_inputs["attention_mask"].index_select(0, rows)                 # [N, P]
+        positions = torch.cat([prefix_cache.rope_positions(model, prefix_inputs).index_select(1, rows),
+                               prefix_cache.rope_positions(model, suffix)
+                               + prefix.next_position[rows].view(1, -1, 1)], dim=2)         # [3, N, P + S]
+        self.ids = torch.cat([prefix_ids, suffix["input_ids"]], dim=1).to(device)          # [N, P + S]
+        self.mask = torch.cat([prefix_mask, suffix["attention_mask"]], dim=1).to(device)   # [N, P + S]
+        text = (self.mask.cumsum(-1) - 1).masked_fill(self.mask == 0, 0)                   # [N, P + S]
+        self.positions = torch.cat([text[None], positions.to(device)], dim=0)              # [4, N, P + S]
+        with torch.no_grad():
+            self.images = model.model.get_image_features(suffix["pixel_values"].to(device, model.dtype),
+                                                         suffix["image_grid_thw"].to(device), return_dict=True)
+
+    @torch.no_grad()
+    def generate(self, decoding, tokenizer) -> list[str]:
+        ids = self.model.generate(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
+                                  past_key_values=prefix_cache.gather_cache(self.prefix, self.rows, self.model.config),
+                                  mm_encoder_outputs={"image": self.images}, **decoding.generate_kwargs(),
+                                  pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.batch_decode(ids[:, self.ids.shape[1]:], skip_special_tokens=True)
+
+
+def sc_answers(reward, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
+               decodings: Sequence) -> list[list[str]]:
+    """[K][N] SC answer texts (K = len(decodings), N = all candidates, group-major)."""
+    vlm, size, step = reward.vlm, reward.image_size, reward.batch_size
+    model, processor = vlm.model, vlm.processor
+    suffix_text = prompts.sc_suffix(int(reward.max_score))
+    devices = [model.device] if model.device.type == "cuda" else []
+    answers = [[] for _ in decodings]
+    with torch.random.fork_rng(devices=devices):
+        states = []
+        for decoding in decodings:
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)
+            states.append(_rng_state(devices))
+        for start in range(0, len(candidates), step):
+            groups = slice(start, start + step)
+            prefix_inputs = processor(text=[prompts.sc_prefix(i) for i in instructions[groups]],
+                                      images=[as_rgb_image(s) for s in sources[groups]], padding=True, size=size,
+                                      return_tensors="pt")                                 # [B, P], left-padded
+            prefix = prefix_cache.prefill(model, prefix_inputs)
+            rows = [g for g, group in enumerate(candidates[groups]) for _ in group]         # prefix row per candidate
+            edited = [as_rgb_image(image) for group in candidates[groups] for image in group]
+            for first in range(0, len(edited), step):
+                part = slice(first, first + step)
+                suffix = processor(text=[suffix_text] * len(edited[part]), images=edited[part], padding=True,
+                                   size=size, return_tensors="pt")                         # [n, S], left-padded
+                continuation = Continuation(model, prefix, prefix_inputs, torch.tensor(rows[part]), suffix)
+                for p, decoding in enumerate(decodings):
+                    _set_rng_state(states[p], devices)
+                    answers[p] += continuation.generate(decoding, vlm.tokenizer)
+                    states[p] = _rng_state(devices)
+    return answers

@@ -1,0 +1,158 @@
+"""Shared-prefix group scoring of the editscore reward (tiny Qwen2.5-VL, fp32): the SC prompt splits into a prefix
+and a suffix that tokenize as the whole, greedy score_groups() equals score() on the flattened triples (texts,
+rewards, and the generation logits to 1e-5), sampled passes are reproducible, and the prefix (source image
+included) is computed once per group, not per candidate or pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editrl_engine.reward import editscore_prompts as prompts
+from editrl_engine.reward import load_reward
+from editrl_engine.reward.editscore import EditScoreReward
+
+INSTRUCTIONS = ["make it red", "turn the big blue circle into a small yellow square in the top left corner",
+                "add a cat"]
+SOURCE_SIZES = [(64, 64), (80, 48), (40, 72)]
+EDIT_SIZES = [(64, 64), (56, 84), (96, 40), (72, 72)]
+
+
+def image(seed: int, size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+SOURCES = [image(i, s) for i, s in enumerate(SOURCE_SIZES)]
+GROUPS = [[image(100 * g + k, EDIT_SIZES[(g + k) % 4]) for k in range(n)] for g, n in enumerate((3, 1, 4))]
+
+
+def flat(groups=GROUPS):
+    return ([s for s, group in zip(SOURCES, groups) for _ in group],
+            [i for i, group in zip(INSTRUCTIONS, groups) for _ in group], [e for group in groups for e in group])
+
+
+def texts(batch) -> list[tuple[str, str]]:
+    return [(p["sc_text"], p["pq_text"]) for d in batch.details for p in d["passes"]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_reward("editscore", preset="tiny", greedy=True, max_new_tokens=8, batch_size=4)
+
+
+def test_the_sc_prefix_and_suffix_tokenize_as_the_whole_prompt(tiny):
+    tokenizer = tiny.vlm.tokenizer
+    for instruction in INSTRUCTIONS + ["", "ends with a space ", "quotes {x} and \"y\"\n"]:
+        whole = prompts.sc_prompt(instruction, 25)
+        assert whole == prompts.sc_prefix(instruction) + prompts.sc_suffix(25) and whole.count("<|image_pad|>") == 2
+        assert whole.index(instruction) < whole.index("<|image_pad|>")        # the instruction is in the prefix
+        split = tokenizer.encode(prompts.sc_prefix(instruction)) + tokenizer.encode(prompts.sc_suffix(25))
+        assert split == tokenizer.encode(whole)
+
+
+def test_greedy_group_scoring_equals_flat_scoring(tiny):
+    grouped = tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    flat_batch = tiny.score(*flat())
+    assert grouped.reward.shape == (8,) and texts(grouped) == texts(flat_batch)
+    torch.testing.assert_close(grouped.reward, flat_batch.reward, equal_nan=True)
+    assert grouped.failures == flat_batch.failures
+    assert len({pq for _, pq in texts(grouped)}) > 1                     # the answers do depend on the images
+
+
+def test_the_cached_generation_logits_match_the_whole_prompt(tiny, monkeypatch):
+    """Each generate call on the prefix cache, replayed with its step logits, against the whole SC prompts."""
+    model, seen = tiny.vlm.model, []
+    generate = model.generate
+
+    def spy(**kwargs):
+        if "past_key_values" in kwargs:
+            kept = {k: v for k, v in kwargs.items() if k not in ("do_sample", "max_new_tokens", "pad_token_id")}
+            seen.append(dict(kept, past_key_values=_copy(kwargs["past_key_values"])))
+        return generate(**kwargs)
+    monkeypatch.setattr(model, "generate", spy)
+    tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    monkeypatch.undo()
+    assert len(seen) == 2                                               # 8 candidates in chunks of 4
+    sources, instructions, edited = flat()
+    cached = torch.cat([_step_logits(model, **kwargs) for kwargs in seen])                 # [8, steps, V]
+    calls = [c for c in tiny.calls(sources, instructions, edited) if c.kind == "sc"]
+    whole = []
+    for start in range(0, 8, 4):
+        part = calls[start:start + 4]
+        inputs = tiny.vlm.processor(text=[c.text for c in part], images=[im for c in part for im in c.images],
+                                    padding=True, size=tiny.image_size, return_tensors="pt")
+        whole.append(_step_logits(model, **inputs))
+    torch.testing.assert_close(cached, torch.cat(whole), rtol=1e-5, atol=1e-5)
+
+
+def _copy(cache):
+    from transformers import DynamicCache
+    return DynamicCache(ddp_cache_data=[(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+
+def _step_logits(model, **kwargs) -> torch.Tensor:
+    out = model.generate(**kwargs, do_sample=False, max_new_tokens=4, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=0)
+    return torch.stack(out.logits, dim=1)                                 # [B, steps, V]
+
+
+def test_sampled_group_passes_are_seeded_and_reproducible(tiny):
+    reward = EditScoreReward(tiny.vlm, passes=2, max_new_tokens=6, batch_size=4, base_seed=7)
+    state = torch.random.get_rng_state()
+    first = reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    assert torch.equal(state, torch.random.get_rng_state())             # the global RNG is left alone
+    again = reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    assert texts(first) == texts(again) and len(first.details[0]["passes"]) == 2
+    passes = first.details[0]["passes"]
+    assert (passes[0]["sc_text"], passes[0]["pq_text"]) != (passes[1]["sc_text"], passes[1]["pq_text"])
+    other = reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS, avg_k=3)
+    assert texts(other)[:2] == texts(first)[:2]                         # pass i draws from base_seed + i
+
+
+def test_the_prefix_is_computed_once_per_group(tiny):
+    """Vision tower: each source once, each edited image once for SC (whatever the passes) and once per PQ pass;
+    decoder: one prefill of the 3 groups, and every SC generation starts on a cache of the prefix length."""
+    reward = EditScoreReward(tiny.vlm, passes=3, max_new_tokens=4, batch_size=4)
+    model = tiny.vlm.model
+    patches, decoder_calls = [], []
+    hooks = [model.model.visual.register_forward_pre_hook(lambda m, args: patches.append(args[0].shape[0])),
+             model.model.language_model.register_forward_pre_hook(
+                 lambda m, args, kwargs: decoder_calls.append(
+                     (kwargs["inputs_embeds"].shape[:2], _past(kwargs.get("past_key_values")))), with_kwargs=True)]
+    try:
+        reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    source_patches = [_patches(tiny, [s]) for s in SOURCES]
+    edited_patches = [_patches(tiny, [e]) for group in GROUPS for e in group]
+    assert sum(patches) == sum(source_patches) + sum(edited_patches) * (1 + 3)      # SC once, PQ per pass
+    fresh = [shape for shape, past in decoder_calls if past == 0]
+    prefill = fresh[0]
+    assert prefill[0] == 3                                               # the 3 groups' prefixes, once
+    suffix_starts = [(shape, past) for shape, past in decoder_calls if past == prefill[1]]
+    assert len(suffix_starts) == 2 * 3                                   # 2 chunks x 3 passes, on the prefix cache
+    pq_starts = fresh[1:]
+    assert len(pq_starts) == 2 * 3 and all(rows == 4 for rows, _ in pq_starts)      # PQ: batched as in score()
+
+
+def _past(cache) -> int:
+    return 0 if cache is None else cache.get_seq_length()
+
+
+def _patches(reward, images) -> int:
+    out = reward.vlm.processor.image_processor(images=images, size=reward.image_size, return_tensors="pt")
+    return out["pixel_values"].shape[0]
+
+
+def test_scripted_judges_and_errors_fall_back_to_flat_scoring():
+    seen = []
+
+    def judge(calls, decoding):
+        seen.append(len(calls))
+        return ['{"reasoning": "ok", "score": [25, 25]}'] * len(calls)
+    batch = EditScoreReward(None, generate_fn=judge).score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    assert batch.reward.tolist() == [1.0] * 8 and seen == [16]
+    with pytest.raises(ValueError, match="empty group"):
+        EditScoreReward(None, generate_fn=judge).score_groups(SOURCES[:1], INSTRUCTIONS[:1], [[]])
