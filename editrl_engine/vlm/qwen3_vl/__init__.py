@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..handle import VLM
+from ..handle import VLM, load_family
 from ..qwen2_5_vl.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from .config import TINY_MODEL, TINY_PROCESSOR, ModelConfig, ProcessorConfig
 from .folder import MODEL_TYPE, REQUIRED_FILES, load_folder, missing_files
@@ -24,25 +24,13 @@ PRESETS: dict[str, tuple[ModelConfig, ProcessorConfig]] = {"tiny": (TINY_MODEL, 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.float32, *, templates: Sequence[str] = (), seed: int = 0) -> VLM:
-    """A VLM from a local folder (`path`) or a preset (random weights drawn from `seed`, made on the CPU in float32
-    so every machine gets the same ones; the tokenizer is learnt from `templates`)."""
-    if (path is None) == (preset is None):
-        raise ValueError("pass exactly one of path= (a local Qwen3-VL folder) or preset= (e.g. 'tiny')")
+    """A Qwen3-VL from a local folder (`path`) or a preset (handle.load_family says how); needs a transformers
+    with Qwen3-VL."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown Qwen3-VL preset {preset!r}; choose one of {', '.join(PRESETS)}")
     require_qwen3_vl()
-    if path is not None:
-        model, processor = load_folder(path, dtype)
-        origin = f"path:{os.fspath(path)}"
-    else:
-        model_config, processor_config = PRESETS[preset]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            tokenizer = build_tokenizer(templates)
-            model, processor = model_config.build(tokenizer), processor_config.build(tokenizer)
-        origin = f"preset:{preset}"
-    model = model.to(device=torch.device(device), dtype=dtype).eval().requires_grad_(False)
-    return VLM(model=model, processor=processor, origin=origin)
+    return load_family("Qwen3-VL", path, preset, PRESETS, load_folder, build_tokenizer, device, dtype, templates,
+                       seed)
 
 
 __all__ = ["MIN_TRANSFORMERS", "MODEL_TYPE", "ModelConfig", "PRESETS", "ProcessorConfig", "REQUIRED_FILES",
