@@ -107,6 +107,11 @@ def test_uint8_tensor_sources_equal_pil_sources(policy):
     torch.testing.assert_close(a.tensors["source_latents"], b.tensors["source_latents"], rtol=0, atol=0)
 
 
+def test_a_source_that_is_not_an_image_is_refused(policy):
+    with pytest.raises(TypeError, match=r"uint8 tensor \[3, H, W\]"):
+        policy.encode([torch.rand(3, 32, 32)], ["make it red"])
+
+
 def test_guidance_and_instruction_change_the_velocity(policy):
     cond = policy.encode([random_image(7), random_image(7)], ["make it red", "make it green"])
     x, t = torch.randn(2, *cond.latent_shape), torch.full((2,), 0.5)

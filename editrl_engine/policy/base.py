@@ -146,4 +146,7 @@ class EditPolicy(abc.ABC):
             "device": str(self.device),
             "attention": self.attention_backend,
             "transformer_parameters": sum(p.numel() for p in self.transformer.parameters()),
+            "autocast": "bfloat16" if self.autocast else None,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "compiled": self.compiled,
         }

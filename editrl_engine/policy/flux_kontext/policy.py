@@ -13,19 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...vlm.images import as_rgb_image
 from .. import attention, lora
 from ..base import Condition, EditPolicy
 from .model import FluxKontextComponents, pack, position_ids, unpack
-
-
-def _to_pil(source):
-    """PIL images pass through; uint8 tensors [3, H, W] become PIL images (losslessly)."""
-    from PIL import Image
-    if isinstance(source, torch.Tensor):
-        if source.dtype != torch.uint8 or source.ndim != 3 or source.shape[0] != 3:
-            raise ValueError(f"a source tensor must be uint8 [3, H, W], got {source.dtype} {tuple(source.shape)}")
-        return Image.fromarray(source.permute(1, 2, 0).cpu().numpy())
-    return source.convert("RGB")
 
 
 class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
@@ -70,7 +61,7 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
     def _preprocess(self, sources: Sequence, size: tuple[int, int] | None) -> torch.Tensor:
         """Sources -> [N, 3, H, W] in [-1, 1] at `size` (default: the first source's size, floored to a multiple of
         16 as the pipeline does), resized the pipeline's way."""
-        images = [_to_pil(s) for s in sources]
+        images = [as_rgb_image(s) for s in sources]
         multiple = self.vae_scale_factor * 2
         if size is None:
             height, width = self.image_processor.get_default_height_width(images[0])
@@ -165,9 +156,6 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
         return super().metadata() | {
             "origin": self.origin,
             "attention_probe": self.attention_choice.as_dict(),
-            "autocast": "bfloat16" if self.autocast else None,
-            "gradient_checkpointing": self.gradient_checkpointing,
-            "compiled": self.compiled,
             "guidance": self.guidance,
             "lora_adapters": lora.adapter_names(self.transformer),
         }

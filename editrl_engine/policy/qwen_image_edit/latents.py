@@ -21,16 +21,6 @@ def edit_size(width: int, height: int, target_area: int) -> tuple[int, int]:
     return round(new_width / 32) * 32, round(new_width / ratio / 32) * 32
 
 
-def to_pil(source) -> Image.Image:
-    """A PIL RGB image from a PIL image or a uint8 tensor [3, H, W]."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, torch.Tensor) and source.dtype == torch.uint8 and source.ndim == 3 and source.shape[0] == 3:
-        return Image.fromarray(source.permute(1, 2, 0).cpu().numpy())
-    raise TypeError(f"a source must be a PIL image or a uint8 tensor [3, H, W], got {type(source).__name__} "
-                    f"{getattr(source, 'shape', '')}")
-
-
 def pixels(images: list[Image.Image]) -> torch.Tensor:
     """PIL images of one size -> float32 [B, 3, 1, H, W] in [-1, 1] (one video frame each)."""
     array = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])      # [B, H, W, 3]

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ... import ops
+from ...vlm.images import as_rgb_image
 from .. import attention, lora
 from ..base import Condition, EditPolicy
 from . import latents as lat
@@ -83,7 +84,7 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
         if len(sources) != len(instructions) or not sources:
             raise ValueError(f"need one instruction per source, got {len(sources)} sources and "
                              f"{len(instructions)} instructions")
-        images = [lat.to_pil(s) for s in sources]
+        images = [as_rgb_image(s) for s in sources]
         sizes = {lat.edit_size(*im.size, self.target_area) for im in images}
         if len(sizes) > 1:
             raise ValueError(f"sources of different aspect ratios give different edit sizes {sorted(sizes)}; "
@@ -169,9 +170,6 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
         return super().metadata() | {
             "origin": self.origin,
             "attention_probe": self.attention_choice.as_dict(),
-            "autocast": "bfloat16" if self.autocast else None,
-            "gradient_checkpointing": self.gradient_checkpointing,
-            "compiled": self.compiled,
             "target_area": self.target_area,
             "lora_adapters": lora.adapter_names(self.transformer),
         }
