@@ -1,0 +1,22 @@
+"""The engine: the pipelined rollout -> score -> update loop, placement on one node, checkpoints and logs.
+
+    from editrl_engine.engine import Trainer, load_config
+    summary = Trainer(load_config("demo", ["run.steps=10"])).train()
+
+- config.py       TrainConfig (TOML files + `--set` overrides)
+- tasks.py        the run's tasks, group keys and source images
+- distributed.py  torchrun placement: policy ranks, reward ranks, collectives
+- rollouts.py     a step's rollouts on one rank, chunk by chunk, handed to the scorer
+- scoring.py      scoring off the training thread (local thread or a reward rank), the reward ledger
+- updates.py      NFT and GRPO gradients through the fused losses
+- trainer.py      the loop, checkpoints, signals
+- checkpoint.py   atomic checkpoint folders
+- weights.py      full-weight safetensors (e.g. the demo's warm-up)
+- evaluation.py   held-out reward
+- metrics.py, figures.py   JSONL / TensorBoard / progress bar; image grids and curves
+- demo/           the embedded default run (`editrl demo`)
+"""
+from .config import ConfigError, TrainConfig, dump_toml, load_config
+from .trainer import Trainer
+
+__all__ = ["ConfigError", "TrainConfig", "Trainer", "dump_toml", "load_config"]

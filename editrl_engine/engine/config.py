@@ -1,0 +1,323 @@
+"""Run configuration: nested dataclasses read from TOML files, with `--set section.key=value` overrides.
+
+    config = load_config("demo")                                  # a shipped config by name (configs/demo.toml)
+    config = load_config("runs/my.toml", ["optim.lr=3e-4", "run.steps=10"])
+    text = dump_toml(config)                                      # the resolved config, written into the run folder
+
+Unknown sections or keys are errors that name the key and list the valid ones; a value of the wrong type is an
+error naming the key. Override values are parsed as TOML values (numbers, booleans, strings, arrays); a bare word
+that is not valid TOML is taken as a string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/{name}"           # {name} is replaced by run.name
+    seed: int = 0
+    steps: int = 100                       # training steps (rollout -> score -> update), fixed count
+    device: str = "auto"                   # auto: cuda:<local rank> when CUDA is there, else cpu
+    dtype: str = "float32"                 # policy weights
+    autocast: bool = False                 # bf16 autocast for the transformer
+    ops_backend: str = ""                  # fused-op backend (torch | triton | cpp); "" picks by device
+    threads: int = 0                       # torch intra-op threads per rank (0: leave torch's default)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    family: str = "flux-kontext"
+    preset: str = ""                       # a preset name (e.g. tiny) or ...
+    path: str = ""                         # ... a local diffusers folder
+    init: str = ""                         # full-weight safetensors loaded after building (e.g. a warm-up)
+    attention: str = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_targets: tuple[str, ...] = ()     # empty: the family's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    kind: str = "programmatic"             # editscore | mllm_logit | verifier | programmatic
+    path: str = ""
+    preset: str = ""
+    device: str = ""                       # "" = the rank's device
+    dtype: str = "float32"
+    backend: str = "eager"
+    lora: str = ""                         # editscore: the EditScore LoRA adapter folder, merged at load
+    avg_k: int = 1                         # editscore: Avg@K self-ensemble passes (sampled); 1 = greedy
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)   # a weighted combination of kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    manifest: str = ""                     # JSONL manifest; empty: the synthetic shapes task below
+    synthetic_tasks: int = 64
+    synthetic_seed: int = 0
+    image_size: int = 16
+    edits: tuple[str, ...] = ("recolor", "move", "remove", "background")
+    max_shapes: int = 3
+    eval_tasks: int = 16                   # held-out tasks (synthetic seed + 1) for evaluation
+    eval_seed: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    group_size: int = 8                    # G samples per (instruction, source)
+    groups_per_step: int = 8               # global, over all policy ranks
+    num_steps: int = 6                     # rollout sampling steps
+    solver: str = "dpm2"                   # NFT rollouts: dpm2 (DiffusionNFT) or euler
+    guidance: float = 0.0                  # 0: the family's default
+    rollout_batch: int = 0                 # rows per rollout chunk (0: all); chunks are scored as they finish
+    eval_steps: int = 8                    # Euler steps for evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class NFTSection:
+    beta: float = 1.0
+    kl_beta: float = 1e-4
+    adv_clip_max: float = 5.0
+    timestep_fraction: float = 0.99
+    decay_schedule: str = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    clip_low: float = 1e-4
+    clip_high: float = 1e-4
+    kl_beta: float = 0.0
+    timestep_fraction: float = 0.9
+    noise_level: float = 0.9
+    kind: str = "flow_grpo"                # flow_grpo | cps
+    window_size: int = 0                   # 0: SDE on every trained step; else a window drawn per step
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageSection:
+    std: str = "group"                     # group | global
+    eps: float = 1e-4
+    clip: float = 5.0
+    filter_std: float = 0.05               # negative disables
+    filter_mean: float = 0.9               # negative disables
+    ban_std: float = 0.05                  # negative disables the ban
+    ban_mean: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    name: str = "nft"                      # nft | grpo
+    nft: NFTSection = NFTSection()
+    grpo: GRPOSection = GRPOSection()
+    advantage: AdvantageSection = AdvantageSection()
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    warmup_steps: int = 0                  # linear LR warm-up, then constant
+    micro_batch: int = 0                   # rows per forward/backward (0: the whole local batch)
+    updates_per_step: int = 1              # optimizer steps per training step (the batch split in that many)
+    ema_decay: float = 0.9                 # EMA of the LoRA weights, for evaluation only
+    ema_every: int = 8                     # ... updated every this many steps (0 disables)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    staleness: int = -1                    # -1: the algorithm's default (NFT 1, GRPO 0)
+    placement: str = "colocated"           # colocated | separate (reward ranks score, policy ranks train)
+    reward_ranks: int = 0                  # with placement = separate: how many of the world's ranks score
+    backend: str = ""                      # torch.distributed backend; "" = nccl on CUDA, gloo on CPU
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 50                        # steps between checkpoints (0: only at the end and on a signal)
+    keep: int = 2                          # checkpoints kept (older ones deleted)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = True
+    image_every: int = 10                  # steps between image grids (0: never)
+    eval_every: int = 0                    # steps between held-out evaluations (0: before and after only)
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = RunConfig()
+    policy: PolicyConfig = PolicyConfig()
+    reward: RewardConfig = RewardConfig()
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    algo: AlgoConfig = AlgoConfig()
+    optim: OptimConfig = OptimConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def staleness(self) -> int:
+        if self.pipeline.staleness >= 0:
+            return self.pipeline.staleness
+        return 1 if self.algo.name == "nft" else 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out_dir.format(name=self.run.name))
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the fix."""
+
+
+# ---- reading -----------------------------------------------------------------------------------------------------
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with the package, by name."""
+    found: dict[str, Path] = {}
+    packaged = importlib.resources.files("editrl_engine") / "configs"          # in an installed wheel
+    source_tree = Path(__file__).resolve().parents[2] / "configs"             # in a checkout / editable install
+    for folder in (Path(str(packaged)), source_tree):
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) not in shipped:
+        raise ConfigError(f"no config {str(name_or_path)!r}: give a .toml file or one of {sorted(shipped)}")
+    return shipped[str(name_or_path)]
+
+
+def load_config(name_or_path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A TrainConfig from a TOML file (or a shipped config's name), then `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    for override in overrides:
+        key, value = parse_override(override)
+        _set_nested(data, key, value)
+    return from_dict(TrainConfig, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-4' -> (['optim', 'lr'], 0.0003)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def _set_nested(data: dict, key: list[str], value: Any) -> None:
+    for part in key[:-1]:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot set {'.'.join(key)}: {part} is a value, not a section")
+    data[key[-1]] = value
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = ""):
+    """Build dataclass `cls` from a mapping, checking keys and types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = set(data) - set(fields)
+    if unknown:
+        where = f"section [{prefix.rstrip('.')}]" if prefix else "the top level"
+        raise ConfigError(f"unknown key(s) {sorted(prefix + k for k in unknown)} in {where}; valid keys: "
+                          f"{sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**values)
+
+
+def _coerce(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be an array, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0]
+        return tuple(_coerce(item, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return {str(k): _coerce(typing.get_args(hint)[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+# ---- writing -----------------------------------------------------------------------------------------------------
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_toml(config: TrainConfig) -> str:
+    """The config as TOML text that load_config reads back to an equal config."""
+    lines: list[str] = []
+
+    def table(prefix: str, values: dict) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) or not v or k == "weights"}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in values.items():
+            if isinstance(v, dict) and v and k != "weights":
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", to_dict(config))
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")

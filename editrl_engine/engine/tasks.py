@@ -1,0 +1,77 @@
+"""The training tasks of a run: manifest rows (or synthetic shape tasks), their group keys and source images.
+
+    tasks = TaskSet.from_config(config.data)
+    tasks.rows, tasks.keys                     # for the GroupSampler
+    tasks.image(key)                           # uint8 [3, H, W], decoded once and cached
+    tasks.reward_options(rows)                 # what a reward needs beyond the triples (tasks=, requirements=)
+
+Synthetic tasks live in memory: their rows carry the structured spec (so the programmatic reward can verify them)
+and their group key hashes the source pixels. Manifest rows key on the sha256 of the source file (data.manifest).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.manifest import EditRow, GroupKey, group_key, read_manifest
+from ..data.synthetic import ShapeTask, make_tasks
+from .config import DataConfig
+
+
+@dataclasses.dataclass
+class TaskSet:
+    rows: list[EditRow]
+    keys: list[GroupKey]
+    images: dict[GroupKey, torch.Tensor] = dataclasses.field(default_factory=dict)   # uint8 [3, H, W] each
+
+    @classmethod
+    def synthetic(cls, tasks: Sequence[ShapeTask]) -> "TaskSet":
+        rows, keys, images = [], [], {}
+        for task in tasks:
+            image = task.source_image()                                        # uint8 [3, H, W]
+            key = GroupKey(task.instruction, hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest())
+            rows.append(task.to_row(Path(f"synthetic/{task.id}.png")))
+            keys.append(key)
+            images[key] = image
+        return cls(rows, keys, images)
+
+    @classmethod
+    def from_manifest(cls, path: str | Path) -> "TaskSet":
+        rows = read_manifest(path)
+        return cls(rows, [group_key(row) for row in rows])
+
+    @classmethod
+    def from_config(cls, data: DataConfig, *, held_out: bool = False) -> "TaskSet":
+        """The training tasks (or, held_out=True, the evaluation tasks) the config describes."""
+        if data.manifest and not held_out:
+            return cls.from_manifest(data.manifest)
+        n, seed = (data.eval_tasks, data.eval_seed) if held_out else (data.synthetic_tasks, data.synthetic_seed)
+        return cls.synthetic(make_tasks(n, seed, data.image_size, edits=data.edits, max_shapes=data.max_shapes))
+
+    def image(self, key: GroupKey, row: EditRow | None = None) -> torch.Tensor:
+        """The source image of a group, uint8 [3, H, W] (decoded from its file on first use)."""
+        if key not in self.images:
+            row = row or self.rows[self.keys.index(key)]
+            try:
+                with Image.open(row.source) as image:
+                    array = np.asarray(image.convert("RGB")).copy()
+            except (OSError, ValueError) as error:
+                raise ValueError(f"task {row.id!r}: cannot read source image {row.source}: {error}; fix or remove "
+                                 "the row from the manifest") from None
+            self.images[key] = torch.from_numpy(array).permute(2, 0, 1)
+        return self.images[key]
+
+
+def reward_options(reward, rows: Sequence[EditRow]) -> dict:
+    """Per-sample extras a reward's score() accepts: the structured tasks for the programmatic verifier (inside a
+    combined reward: under that part's name)."""
+    from ..reward.combined import CombinedReward
+    if isinstance(reward, CombinedReward):
+        return {name: {"tasks": list(rows)} for name, (part, _) in reward.parts.items() if part.kind == "programmatic"}
+    return {"tasks": list(rows)} if reward.kind == "programmatic" else {}

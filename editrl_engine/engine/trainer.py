@@ -1,0 +1,441 @@
+"""The pipelined rollout -> score -> update loop (DiffusionNFT by default, Flow-GRPO by config).
+
+    trainer = Trainer(load_config("demo"))
+    summary = trainer.train(resume=False)
+
+One step on a policy rank: draw the step's groups (GroupSampler), roll out this rank's samples in chunks and hand
+each chunk to the scorer, take the rewards of the step being trained, all-gather them, group advantages with
+low-variance filtering and prompt banning, the loss's gradients, an all-reduce, clipping, AdamW, the old-adapter
+soft update (NFT) and the EMA. With staleness 1 (NFT's default) the rollouts of step k + 1 are made and scored
+while step k waits for its rewards and trains, so scoring hides behind sampling; with staleness 0 (GRPO's
+default, its ratios need on-policy samples) only the chunks of one step overlap.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..algo.advantages import AdvantageConfig, step_advantages
+from ..algo.sampler import GroupSampler
+from ..policy import load_policy
+from ..policy.lora import nft_decay
+from . import checkpoint as ckpt
+from .config import TrainConfig, dump_toml
+from .distributed import (Placement, all_gather_rows, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
+                          init_placement)
+from .rollouts import LocalRollout, rollout_step
+from .scoring import LocalScorer, RemoteScorer, RewardLedger, serve_rewards
+from .tasks import TaskSet
+from .updates import grpo_backward, nft_backward
+from .weights import load_full_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _none_if_negative(x: float) -> float | None:
+    return None if x < 0 else x
+
+
+def build_reward(config: TrainConfig, device: torch.device, tasks: TaskSet | None = None):
+    from ..reward import load_reward
+    r = config.reward
+    kind = dict(r.weights) if r.weights else r.kind
+    options = {}
+    if r.kind == "editscore" and not r.weights:
+        if r.lora:
+            options["lora"] = r.lora
+        if r.avg_k > 1:
+            options.update(passes=r.avg_k, greedy=False)
+    return load_reward(kind, path=r.path or None, preset=r.preset or None, device=r.device or device,
+                       dtype=DTYPES[r.dtype], backend=r.backend, **options)
+
+
+def resolve_package_path(path: str) -> str:
+    """'package:engine/demo/x.safetensors' -> that file inside the installed package; other paths unchanged."""
+    if path.startswith("package:"):
+        import importlib.resources
+        return str(importlib.resources.files("editrl_engine") / path.removeprefix("package:"))
+    return path
+
+
+def build_policy(config: TrainConfig, device: torch.device):
+    p = config.policy
+    policy = load_policy(p.family, path=p.path or None, preset=p.preset or None, device=device,
+                         dtype=DTYPES[config.run.dtype], attention=p.attention)
+    if p.init:
+        load_full_weights(policy, resolve_package_path(p.init))
+    policy.apply_run_options(gradient_checkpointing=p.gradient_checkpointing, compile=p.compile)
+    if config.run.autocast:
+        policy.autocast = True
+    return policy
+
+
+@dataclasses.dataclass
+class Pending:
+    """A step rolled out on this rank whose rewards may still be coming."""
+    rollout: LocalRollout
+    scored: list | None = None                # ScoredJob per chunk once collected
+
+    def collect(self) -> float:
+        """Wait for every chunk's rewards; returns the seconds spent waiting."""
+        start = time.perf_counter()
+        if self.scored is None:
+            self.scored = [f.result() for f in self.rollout.futures]
+            self.rollout.futures = []
+        return time.perf_counter() - start
+
+
+class StopRequested(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, placement: Placement | None = None, policy=None, reward=None,
+                 tasks: TaskSet | None = None, eval_tasks: TaskSet | None = None, logger=None):
+        if config.algo.name not in ("nft", "grpo"):
+            raise ValueError(f"algo.name must be 'nft' or 'grpo', got {config.algo.name!r}")
+        if config.staleness > 1:
+            raise ValueError(f"pipeline.staleness must be 0 or 1 (got {config.staleness}): deeper pipelines are not "
+                             "supported")
+        if config.algo.name == "grpo" and config.staleness != 0:
+            raise ValueError("Flow-GRPO needs on-policy log-probs: set pipeline.staleness = 0 (or -1 for the default)")
+        self.config = config
+        self.placement = placement or init_placement(config)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self.device = self.placement.device
+        self.out_dir = config.out_dir
+        self.tasks = tasks or TaskSet.from_config(config.data)
+        self.eval_tasks = eval_tasks
+        self._policy, self._reward, self._logger = policy, reward, logger
+        self.ledger = RewardLedger()
+        self.backend = config.run.ops_backend or None
+        self.stop_signal: int | None = None
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---- set-up ----------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, place = self.config, self.placement
+        if not place.is_policy:
+            return
+        self.policy = self._policy or build_policy(cfg, self.device)
+        targets = list(cfg.policy.lora_targets) or None
+        with torch.random.fork_rng(devices=[]):              # LoRA A-matrices drawn from the run's seed
+            torch.manual_seed(cfg.run.seed)
+            self.policy.add_lora(cfg.policy.lora_rank, cfg.policy.lora_alpha, targets)
+        if cfg.algo.name == "nft":
+            self.policy.add_old_adapter()
+        self.params = self.policy.lora_parameters()
+        broadcast_parameters(self.params, place)
+        if cfg.algo.name == "nft":
+            self.policy.update_old_adapter(0.0)                      # the old adapter starts equal everywhere
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        warm = max(o.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.ema = [p.detach().clone() for p in self.params] if o.ema_every else None
+        self.sampler = GroupSampler(self.tasks.rows, group_size=cfg.sampling.group_size,
+                                    groups_per_step=cfg.sampling.groups_per_step, seed=cfg.run.seed,
+                                    world_size=place.policy_world, keys=self.tasks.keys)
+        a = cfg.algo.advantage
+        self.adv_config = AdvantageConfig(std=a.std, eps=a.eps, clip=a.clip, filter_std=_none_if_negative(a.filter_std),
+                                          filter_mean=_none_if_negative(a.filter_mean),
+                                          ban_std=_none_if_negative(a.ban_std), ban_mean=_none_if_negative(a.ban_mean))
+
+    def _make_scorer(self):
+        if self.placement.reward_ranks:
+            return RemoteScorer(self.placement)
+        self.reward = self._reward or build_reward(self.config, self.device, self.tasks)
+        return LocalScorer(self.reward)
+
+    @property
+    def logger(self):
+        if self._logger is None:
+            from .metrics import RunLogger
+            self._logger = RunLogger(self.out_dir, total_steps=self.config.run.steps, start_step=self.step,
+                                     tensorboard=self.config.log.tensorboard, progress=self.config.log.progress,
+                                     enabled=self.placement.is_main)
+        return self._logger
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict:
+        """Run until run.steps; returns a summary (last metrics, checkpoint path, reward-rank stats)."""
+        if not self.placement.is_policy:                     # a reward rank: serve until the policy ranks stop
+            reward = self._reward or build_reward(self.config, self.device, self.tasks)
+            stats = serve_rewards(reward, self.placement)
+            self.placement.barrier()
+            return {"role": "reward", **stats}
+        self.setup()
+        pending: Pending | None = None
+        if resume:
+            pending = self.load_latest()
+        if self.placement.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.toml").write_text(dump_toml(self.config))
+        scorer = self._make_scorer()
+        self.logger                                               # opened at the start step (drops later lines)
+        total = self.config.run.steps
+        self._mark, self._rollout_seconds = time.perf_counter(), 0.0
+        last_checkpoint = None
+        with self._signals():
+            try:
+                if pending is None and self.step < total:
+                    pending = self._rollout(self.sampler.next_plan(), scorer)
+                while self.step < total:
+                    pending = self._train_step(pending, scorer, total)
+                    if self._should_stop():
+                        last_checkpoint = self.save_checkpoint(pending)
+                        raise StopRequested
+                    every = self.config.checkpoint.every
+                    if (every and self.step % every == 0) or self.step == total:
+                        last_checkpoint = self.save_checkpoint(pending)
+            except StopRequested:
+                self.logger.log_text(f"stopped by signal {self.stop_signal} after step {self.step}; checkpoint "
+                                     f"{last_checkpoint}; continue with --resume")
+            finally:
+                scorer.close()
+                self.logger.close()
+        self.placement.barrier()
+        return {"role": "policy", "step": self.step, "checkpoint": str(last_checkpoint) if last_checkpoint else None,
+                "last": self.history[-1] if self.history else {}, "stopped_by_signal": self.stop_signal}
+
+    def _rollout(self, plan, scorer) -> Pending:
+        pending = Pending(rollout_step(self.policy, plan, self.placement.policy_rank, self.config, self.tasks,
+                                       scorer.submit))
+        self._rollout_seconds += pending.rollout.seconds
+        return pending
+
+    def _train_step(self, pending: Pending, scorer, total: int) -> Pending | None:
+        cfg = self.config
+        next_pending = None
+        if cfg.staleness == 1 and self.step + 1 < total:     # roll out step k + 1 while step k's rewards arrive
+            next_pending = self._rollout(self.sampler.next_plan(), scorer)
+        waited = pending.collect()
+        update_start = time.perf_counter()
+        metrics = self._update(pending)
+        update_seconds = time.perf_counter() - update_start
+        if cfg.staleness == 0 and self.step + 1 < total:
+            next_pending = self._rollout(self.sampler.next_plan(), scorer)
+        score_seconds = sum(s.seconds for s in pending.scored)
+        now = time.perf_counter()
+        wall, self._mark = now - self._mark, now                 # since the previous step ended (its rollouts included)
+        rollout_seconds, self._rollout_seconds = self._rollout_seconds, 0.0
+        images = pending.rollout.plan.num_samples
+        metrics.update({
+            "time_rollout": rollout_seconds, "time_score": score_seconds, "time_update": update_seconds,
+            "time_idle": waited, "time_step": wall, "images_per_s": images / wall if wall > 0 else math.nan,
+            "staleness": cfg.staleness, "lr": self.scheduler.get_last_lr()[0],
+            "score_hidden_frac": 1 - waited / score_seconds if score_seconds > 0 else math.nan,
+        })
+        self.history.append({"step": self.step, **metrics})       # steps count from 0
+        self.logger.log_step(self.step, metrics)
+        self._maybe_log_images(pending)
+        self.step += 1
+        return next_pending
+
+    # ---- the update --------------------------------------------------------------------------------------------
+    def _update(self, pending: Pending) -> dict[str, float]:
+        cfg, place, rollout = self.config, self.placement, pending.rollout
+        plan = rollout.plan
+        local_rewards = torch.cat([s.rewards for s in pending.scored])                     # [n]
+        for s in pending.scored:
+            self.ledger.consume(s.sample_ids)
+        failures = torch.tensor([float(sum(s.failures for s in pending.scored))])
+        rewards = all_gather_rows(local_rewards.to(self.device), place)                    # [N]
+        group_index = torch.tensor(plan.group_index, device=self.device)                   # [N]
+        adv = step_advantages(rewards, group_index, plan.keys, self.adv_config, backend=self.backend)
+        self.sampler.ban(adv.ban)
+        local = plan.rank_slice(place.policy_rank)
+        advantages, valid = adv.advantages[local], adv.valid[local]                       # [n]
+        n = advantages.shape[0]
+        parts = max(1, cfg.optim.updates_per_step)
+        bounds = [round(i * n / parts) for i in range(parts + 1)]
+        part_rows = [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]
+        valid_host = valid.tolist()
+        counts = torch.tensor([float(sum(valid_host[i] for i in rows)) for rows in part_rows] + [failures.item()])
+        counts = all_reduce_sum(counts.to(self.device), place).cpu()                     # [parts + 1]
+        metrics = dict(adv.stats)
+        metrics["parse_failures"] = counts[-1].item()
+        totals: dict[str, float] = {}
+        grad_norms = []
+        self.policy.transformer.train()
+        for rows, part_valid in zip(part_rows, counts[:-1].tolist()):
+            self.optimizer.zero_grad(set_to_none=True)
+            if part_valid == 0:
+                continue                                    # every sample filtered: no gradient, no optimizer step
+            backward = nft_backward if cfg.algo.name == "nft" else grpo_backward
+            part_stats = backward(self.policy, rollout, advantages, valid, rows, part_valid, cfg, self.backend)
+            all_reduce_gradients(self.params, place)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0
+                                                  else float("inf"))
+            grad_norms.append(norm)
+            self.optimizer.step()
+            for name, value in part_stats.items():
+                totals[name] = totals.get(name, 0.0) + value
+        with warnings.catch_warnings():               # the schedule advances per training step, stepped or not
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.policy.transformer.eval()
+        if cfg.algo.name == "nft":
+            self.policy.update_old_adapter(nft_decay(self.step + 1, cfg.algo.nft.decay_schedule))
+        o = cfg.optim
+        if self.ema is not None and (self.step + 1) % o.ema_every == 0:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
+        host = {}
+        if totals:                                          # one transfer for the loss statistics
+            names = list(totals)
+            values = all_reduce_sum(torch.stack([torch.as_tensor(totals[k], device=self.device).float()
+                                                 for k in names]), place).cpu().tolist()
+            host = dict(zip(names, values))
+        metrics.update(host)
+        metrics["grad_norm"] = torch.stack(grad_norms).max().item() if grad_norms else 0.0
+        metrics["optimizer_steps"] = len(grad_norms)
+        return metrics
+
+    # ---- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, tasks: TaskSet, *, seed: int = 1234, use_ema: bool = False, num_steps: int | None = None,
+                 reward=None) -> dict:
+        """Held-out reward: deterministic Euler samples (one per task, fixed seeds) scored by the run's reward."""
+        from .evaluation import evaluate_policy
+        reward = reward or getattr(self, "reward", None) or build_reward(self.config, self.device, tasks)
+        swap = self._swap_ema() if use_ema else contextlib.nullcontext()
+        with swap:
+            return evaluate_policy(self.policy, reward, tasks, num_steps=num_steps or self.config.sampling.eval_steps,
+                                   seed=seed)
+
+    @contextlib.contextmanager
+    def _swap_ema(self):
+        if self.ema is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+
+    # ---- images --------------------------------------------------------------------------------------------------
+    def _maybe_log_images(self, pending: Pending) -> None:
+        every = self.config.log.image_every
+        if not every or (self.step + 1) % every or not self.placement.is_main:
+            return
+        from .figures import candidate_grid
+        rollout, G = pending.rollout, self.config.sampling.group_size
+        n = len(rollout.indices) // G * G
+        if n == 0:
+            return
+        rewards = torch.cat([s.rewards for s in pending.scored])[:n].view(-1, G)           # [P, G]
+        sources = torch.stack(rollout.sources[:n:G])                                        # [P, 3, H, W]
+        candidates = rollout.images[:n].view(-1, G, *rollout.images.shape[1:])             # [P, G, 3, H, W]
+        self.logger.log_images(self.step, "candidates", candidate_grid(sources, candidates, rewards))
+
+    # ---- checkpoints and signals ---------------------------------------------------------------------------------
+    def save_checkpoint(self, pending: Pending | None) -> Path:
+        place = self.placement
+        if pending is not None:
+            pending.collect()                              # its rewards are part of the saved state
+        stage = ckpt.staging_dir(self.out_dir, self.step)
+        if place.is_main:
+            ckpt.begin(self.out_dir, self.step)
+        place.policy_barrier()
+        if place.is_main:
+            self.policy.save_lora(str(stage / "lora"))
+            if self.config.algo.name == "nft":
+                self.policy.save_lora(str(stage / "lora_old"), adapter="old")
+            old = self.policy.lora_parameters("old") if self.config.algo.name == "nft" else []
+            ckpt.save_torch({
+                "step": self.step, "params": [p.detach().cpu() for p in self.params],
+                "old_params": [p.detach().cpu() for p in old],
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
+                "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
+                "history": self.history,
+            }, stage / "trainer.pt")
+            (stage / "config.toml").write_text(dump_toml(self.config))
+        local = None
+        if pending is not None:
+            r = pending.rollout
+            local = {"rollout": dataclasses.replace(r, futures=[]), "scored": pending.scored}
+        ckpt.save_torch({"rng": ckpt.rng_state(), "pending": local, "ledger": self.ledger.state_dict()},
+                        stage / f"rank-{place.policy_rank}.pt")
+        place.policy_barrier()
+        final = ckpt.checkpoint_root(self.out_dir) / f"step-{self.step:06d}"
+        if place.is_main:
+            final = ckpt.commit(self.out_dir, self.step, self.config.checkpoint.keep)
+        place.policy_barrier()
+        return final
+
+    def load_latest(self) -> Pending | None:
+        """Restore the newest checkpoint of the run folder; returns the pending batch it carried (or None)."""
+        path = ckpt.latest(self.out_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.out_dir)}; start "
+                                    "without --resume")
+        state = ckpt.load_torch(path / "trainer.pt")
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"], strict=True):
+                p.copy_(saved)
+            if state["old_params"]:
+                for p, saved in zip(self.policy.lora_parameters("old"), state["old_params"], strict=True):
+                    p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["ema"] is not None and self.ema is not None:
+            self.ema = [e.to(self.device) for e in state["ema"]]
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.history = state["step"], state["history"]
+        rank_file = path / f"rank-{self.placement.policy_rank}.pt"
+        if not rank_file.is_file():
+            raise FileNotFoundError(f"{rank_file} is missing: this checkpoint was written by fewer policy ranks; "
+                                    "resume with the same number of ranks")
+        local = ckpt.load_torch(rank_file)
+        ckpt.set_rng_state(local["rng"])
+        self.ledger.load_state_dict(local["ledger"])
+        if local["pending"] is None:
+            return None
+        rollout = local["pending"]["rollout"]
+        rollout.x0 = rollout.x0.to(self.device)
+        rollout.cond = rollout.cond.to(self.device)
+        return Pending(rollout, local["pending"]["scored"])
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM and Ctrl-C finish the current step, write a checkpoint and stop; a second Ctrl-C aborts."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.device)
+        return bool(all_reduce_sum(flag, self.placement).item() > 0)

@@ -1,0 +1,82 @@
+"""Full-weight safetensors of a policy's modules (e.g. the demo's supervised warm-up): save and load by part.
+
+Keys are "<part>.<parameter name>" with part one of the policy components' modules() names (transformer, vae,
+text_encoder, text_encoder_2, ...). Loading checks every part present in the file strictly: a missing or an
+unexpected key is an error that names it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def policy_modules(policy) -> dict[str, torch.nn.Module]:
+    return policy.components.modules()
+
+
+def save_full_weights(policy, path: str | os.PathLike, parts: Sequence[str] = ("transformer", "vae"),
+                      dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """Write the named parts' weights (base weights: LoRA layers are not included) atomically."""
+    modules = policy_modules(policy)
+    state = {}
+    for part in parts:
+        if part not in modules:
+            raise KeyError(f"the policy has no part {part!r}; it has {sorted(modules)}")
+        for name, tensor in _base_state(modules[part]).items():
+            state[f"{part}.{name}"] = (tensor.to(dtype) if dtype else tensor).detach().cpu().contiguous()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata or {})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_full_weights(policy, path: str | os.PathLike) -> list[str]:
+    """Load every part found in the file into the policy (in the policy's dtype); returns the parts loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"policy weights {path} do not exist; check policy.init in the config")
+    state = load_file(str(path))
+    modules = policy_modules(policy)
+    by_part: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        part, _, name = key.partition(".")
+        if part not in modules:
+            raise KeyError(f"{path}: key {key!r} names part {part!r}, but the policy has {sorted(modules)}")
+        by_part.setdefault(part, {})[name] = tensor
+    for part, part_state in by_part.items():
+        module = modules[part]
+        expected = _base_state(module)
+        missing, unexpected = set(expected) - set(part_state), set(part_state) - set(expected)
+        if missing or unexpected:
+            raise KeyError(f"{path}: part {part!r} does not match the policy's architecture: missing "
+                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (built from another preset?)")
+        with torch.no_grad():
+            for name, tensor in part_state.items():
+                target = expected[name]
+                if target.shape != tensor.shape:
+                    raise ValueError(f"{path}: {part}.{name} has shape {tuple(tensor.shape)}, the policy's is "
+                                     f"{tuple(target.shape)}")
+                target.copy_(tensor.to(target.dtype))
+    return sorted(by_part)
+
+
+def _base_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers without LoRA layers, under the names the module has without adapters."""
+    out = {}
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if "lora_" in name:
+            continue
+        out[name.replace(".base_layer.", ".")] = tensor
+    return out
