@@ -90,6 +90,7 @@ class NFTSection:
     adv_clip_max: float = 5.0
     timestep_fraction: float = 0.99
     decay_schedule: str = "default"
+    sample_adapter: str = "old"            # rollouts come from the old (sampling) policy, as in DiffusionNFT
 
 
 @dataclasses.dataclass(frozen=True)

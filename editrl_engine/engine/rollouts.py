@@ -42,6 +42,14 @@ class LocalRollout:
     seconds: float                         # rollout + decode time on this rank
 
 
+def _nft_sample(policy, cond, sampling, seeds, guidance, autocast) -> torch.Tensor:
+    if sampling.solver == "dpm2":
+        return nft_rollout(policy, cond, num_steps=sampling.num_steps, seed=seeds, guidance=guidance,
+                           autocast_dtype=autocast).x0
+    return ode_sample(policy, cond, num_steps=sampling.num_steps, solver=sampling.solver, seed=seeds,
+                      guidance=guidance, autocast_dtype=autocast)
+
+
 def rollout_step(policy: EditPolicy, plan: StepPlan, rank: int, config: TrainConfig, tasks,
                  submit: Callable[[ScoreJob], object]) -> LocalRollout:
     start = time.perf_counter()
@@ -61,12 +69,10 @@ def rollout_step(policy: EditPolicy, plan: StepPlan, rank: int, config: TrainCon
         part = cond.select(rows)
         seeds = [sample_seed(config.run.seed, plan.step, indices[i]) for i in rows]
         if algo.name == "nft":
-            if sampling.solver == "dpm2":
-                x0 = nft_rollout(policy, part, num_steps=sampling.num_steps, seed=seeds, guidance=guidance,
-                                 autocast_dtype=autocast).x0
-            else:
-                x0 = ode_sample(policy, part, num_steps=sampling.num_steps, solver=sampling.solver, seed=seeds,
-                                guidance=guidance, autocast_dtype=autocast)
+            if algo.nft.sample_adapter not in ("old", "default"):
+                raise ValueError(f"algo.nft.sample_adapter must be 'old' or 'default', got {algo.nft.sample_adapter!r}")
+            with policy.use_adapter(algo.nft.sample_adapter):
+                x0 = _nft_sample(policy, part, sampling, seeds, guidance, autocast)
         else:
             g = algo.grpo
             window = torch.Generator().manual_seed(sample_seed(config.run.seed, plan.step, 0, stream=2))

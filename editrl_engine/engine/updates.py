@@ -38,7 +38,9 @@ def nft_timesteps(rollout: LocalRollout, config: TrainConfig, device) -> tuple[t
 def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
                  part_valid: float, config: TrainConfig, backend=None) -> dict[str, float]:
     """Accumulate gradients of the NFT loss over local `rows` (advantages, valid: [n] local)."""
-    cfg = nft_algo.NFTConfig(**vars(config.algo.nft))
+    s = config.algo.nft
+    cfg = nft_algo.NFTConfig(beta=s.beta, kl_beta=s.kl_beta, adv_clip_max=s.adv_clip_max,
+                             timestep_fraction=s.timestep_fraction, decay_schedule=s.decay_schedule)
     t_all, noise_all = nft_timesteps(rollout, config, policy.device)            # [n, K], [n, K, L, C]
     K = t_all.shape[1]
     r = nft_algo.optimality(advantages, cfg, backend=backend)                   # [n]
