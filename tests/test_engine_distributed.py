@@ -29,7 +29,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
     summary = trainer.train()
     state = {"summary": summary}
     if summary["role"] == "policy":
-        state.update(params=[p.detach().clone() for p in trainer.params], uses=dict(trainer.ledger.uses),
+        from editrl_engine.engine.sharding import full
+        state.update(params=[full(p) for p in trainer.params], uses=dict(trainer.ledger.uses),
                      history=trainer.history)
     torch.save(state, os.path.join(result_dir, f"rank-{rank}.pt"))
     trainer.placement.close()
@@ -58,9 +59,10 @@ def single(tmp_path, overrides=(), algo="nft"):
     return trainer
 
 
-def test_two_policy_ranks_equal_one_rank(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_policy_ranks_equal_one_rank(tmp_path, fsdp):
     overrides = ["run.steps=2", "optim.lr=1e-3"]
-    ranks = launch(2, tmp_path, overrides)
+    ranks = launch(2, tmp_path, overrides + [f"pipeline.fsdp={str(fsdp).lower()}", "checkpoint.every=1"])
     one = single(tmp_path, overrides)
     for r in ranks:                                              # both ranks hold the same weights ...
         for a, b in zip(r["params"], ranks[0]["params"]):
@@ -75,6 +77,10 @@ def test_two_policy_ranks_equal_one_rank(tmp_path):
     assert not uses[0] & uses[1] and uses[0] | uses[1] == set(one.ledger.uses)
     assert all(v == 1 for r in ranks for v in r["uses"].values())
     assert ranks[0]["history"][0]["reward_mean"] == pytest.approx(one.history[0]["reward_mean"], abs=1e-6)
+    # the checkpoint holds the whole adapter (gathered from the shards under FSDP2), equal to the trained weights
+    saved = torch.load(tmp_path / "run-2-nft" / "checkpoints" / "step-000002" / "trainer.pt", weights_only=False)
+    for a, b in zip(saved["params"], ranks[0]["params"]):
+        assert torch.equal(a, b)
 
 
 def test_separate_reward_rank_equals_colocated_scoring(tmp_path):

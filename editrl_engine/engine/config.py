@@ -143,6 +143,7 @@ class PipelineConfig:
     placement: str = "colocated"           # colocated | separate (reward ranks score, policy ranks train)
     reward_ranks: int = 0                  # with placement = separate: how many of the world's ranks score
     backend: str = ""                      # torch.distributed backend; "" = nccl on CUDA, gloo on CPU
+    fsdp: bool = False                     # shard the transformer over the policy ranks (FSDP2) instead of DDP
 
 
 @dataclasses.dataclass(frozen=True)

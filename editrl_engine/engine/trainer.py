@@ -25,12 +25,13 @@ import torch
 from ..algo.advantages import AdvantageConfig, step_advantages
 from ..algo.sampler import GroupSampler
 from ..policy import load_policy
-from ..policy.lora import nft_decay
+from ..policy.lora import adapter_state_dict, nft_decay, save_adapter
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_toml
 from .distributed import (Placement, all_gather_rows, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                           init_placement)
 from .rollouts import LocalRollout, rollout_step
+from .sharding import full, load_into
 from .scoring import LocalScorer, RemoteScorer, RewardLedger, serve_rewards
 from .tasks import TaskSet
 from .updates import grpo_backward, nft_backward
@@ -137,6 +138,11 @@ class Trainer:
         broadcast_parameters(self.params, place)
         if cfg.algo.name == "nft":
             self.policy.update_old_adapter(0.0)                      # the old adapter starts equal everywhere
+        self.fsdp = cfg.pipeline.fsdp and place.policy_world > 1
+        if self.fsdp:
+            from .sharding import shard_transformer
+            shard_transformer(self.policy.transformer, place)
+            self.params = self.policy.lora_parameters()              # FSDP2 replaced them with sharded ones
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
@@ -274,11 +280,13 @@ class Trainer:
             if part_valid == 0:
                 continue                                    # every sample filtered: no gradient, no optimizer step
             backward = nft_backward if cfg.algo.name == "nft" else grpo_backward
-            part_stats = backward(self.policy, rollout, advantages, valid, rows, part_valid, cfg, self.backend)
-            all_reduce_gradients(self.params, place)
+            part_stats = backward(self.policy, rollout, advantages, valid, rows, part_valid, cfg, self.backend,
+                                  grad_scale=place.policy_world if self.fsdp else 1.0)
+            if not self.fsdp:                               # FSDP2 reduce-scatters in backward
+                all_reduce_gradients(self.params, place)
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0
                                                   else float("inf"))
-            grad_norms.append(norm)
+            grad_norms.append(full(norm))
             self.optimizer.step()
             for name, value in part_stats.items():
                 totals[name] = totals.get(name, 0.0) + value
@@ -349,32 +357,38 @@ class Trainer:
 
     # ---- checkpoints and signals ---------------------------------------------------------------------------------
     def save_checkpoint(self, pending: Pending | None) -> Path:
-        place = self.placement
+        place, nft = self.placement, self.config.algo.name == "nft"
         if pending is not None:
             pending.collect()                              # its rewards are part of the saved state
         stage = ckpt.staging_dir(self.out_dir, self.step)
         if place.is_main:
             ckpt.begin(self.out_dir, self.step)
         place.policy_barrier()
+        # gathered on every policy rank (collectives when sharded), written by the first
+        adapters = {"lora": adapter_state_dict(self.policy.transformer, "default")}
+        if nft:
+            adapters["lora_old"] = adapter_state_dict(self.policy.transformer, "old")
+        params = [full(p) for p in self.params]
+        old = [full(p) for p in self.policy.lora_parameters("old")] if nft else []
+        ema = [full(e) for e in self.ema] if self.ema is not None else None
+        optimizer = self.optimizer.state_dict()
         if place.is_main:
-            self.policy.save_lora(str(stage / "lora"))
-            if self.config.algo.name == "nft":
-                self.policy.save_lora(str(stage / "lora_old"), adapter="old")
-            old = self.policy.lora_parameters("old") if self.config.algo.name == "nft" else []
+            for folder, state in adapters.items():
+                save_adapter(self.policy.transformer, self.policy.lora_pipeline_class, stage / folder,
+                             adapter="default" if folder == "lora" else "old", state=state)
             ckpt.save_torch({
-                "step": self.step, "params": [p.detach().cpu() for p in self.params],
-                "old_params": [p.detach().cpu() for p in old],
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
-                "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
-                "history": self.history,
+                "step": self.step, "params": params, "old_params": old,
+                "optimizer": None if self.fsdp else optimizer, "scheduler": self.scheduler.state_dict(),
+                "ema": ema, "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
+                "history": self.history, "fsdp": self.fsdp,
             }, stage / "trainer.pt")
             (stage / "config.toml").write_text(dump_toml(self.config))
         local = None
         if pending is not None:
             r = pending.rollout
             local = {"rollout": dataclasses.replace(r, futures=[]), "scored": pending.scored}
-        ckpt.save_torch({"rng": ckpt.rng_state(), "pending": local, "ledger": self.ledger.state_dict()},
+        ckpt.save_torch({"rng": ckpt.rng_state(), "pending": local, "ledger": self.ledger.state_dict(),
+                         "optimizer": optimizer if self.fsdp else None},       # sharded optimizer state per rank
                         stage / f"rank-{place.policy_rank}.pt")
         place.policy_barrier()
         final = ckpt.checkpoint_root(self.out_dir) / f"step-{self.step:06d}"
@@ -390,16 +404,18 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.out_dir)}; start "
                                     "without --resume")
         state = ckpt.load_torch(path / "trainer.pt")
-        with torch.no_grad():
-            for p, saved in zip(self.params, state["params"], strict=True):
-                p.copy_(saved)
-            if state["old_params"]:
-                for p, saved in zip(self.policy.lora_parameters("old"), state["old_params"], strict=True):
-                    p.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("fsdp", False) != self.fsdp:
+            raise ValueError(f"{path} was written with pipeline.fsdp={state.get('fsdp', False)}; resume with the "
+                             "same setting and the same number of policy ranks")
+        for p, saved in zip(self.params, state["params"], strict=True):
+            load_into(p, saved)
+        for p, saved in zip(self.policy.lora_parameters("old") if state["old_params"] else [], state["old_params"],
+                            strict=True):
+            load_into(p, saved)
         if state["ema"] is not None and self.ema is not None:
-            self.ema = [e.to(self.device) for e in state["ema"]]
+            for e, saved in zip(self.ema, state["ema"], strict=True):
+                load_into(e, saved)
+        self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.history = state["step"], state["history"]
         rank_file = path / f"rank-{self.placement.policy_rank}.pt"
@@ -407,6 +423,7 @@ class Trainer:
             raise FileNotFoundError(f"{rank_file} is missing: this checkpoint was written by fewer policy ranks; "
                                     "resume with the same number of ranks")
         local = ckpt.load_torch(rank_file)
+        self.optimizer.load_state_dict(local["optimizer"] if self.fsdp else state["optimizer"])
         ckpt.set_rng_state(local["rng"])
         self.ledger.load_state_dict(local["ledger"])
         if local["pending"] is None:

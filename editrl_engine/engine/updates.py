@@ -3,7 +3,8 @@
 Losses go through the fused ops (algo.nft.loss, algo.grpo.loss). Each micro-batch's loss (a mean over its valid
 rows) is weighted by its valid rows / the valid rows of the whole global batch part / the number of trained
 timesteps, so after the all-reduce (a sum over ranks) the gradient is that of the global mean, whatever the
-number of ranks or the micro-batch size. Nothing here reads a device value.
+number of ranks or the micro-batch size (grad_scale = the number of ranks under FSDP2, whose reduce-scatter
+averages). Nothing here reads a device value.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def nft_timesteps(rollout: LocalRollout, config: TrainConfig, device) -> tuple[t
 
 
 def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
-                 part_valid: float, config: TrainConfig, backend=None) -> dict[str, float]:
+                 part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0) -> dict[str, float]:
     """Accumulate gradients of the NFT loss over local `rows` (advantages, valid: [n] local)."""
     s = config.algo.nft
     cfg = nft_algo.NFTConfig(beta=s.beta, kl_beta=s.kl_beta, adv_clip_max=s.adv_clip_max,
@@ -66,13 +67,14 @@ def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid:
             v = policy.velocity(x_t, t, cond)
             out = nft_algo.loss(v, v_old, x_t, x0, t, r[index], cfg, v_ref=v_ref, valid=valid[index],
                                 backend=backend)
-            (out.loss * (n_valid / part_valid / K)).backward()
+            (out.loss * (n_valid / part_valid / K * grad_scale)).backward()
             policy_term += out.policy.detach()[valid[index]].sum() / part_valid / K
     return {"nft_policy_loss": policy_term}
 
 
 def grpo_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
-                  part_valid: float, config: TrainConfig, backend=None) -> dict[str, torch.Tensor]:
+                  part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0
+                  ) -> dict[str, torch.Tensor]:
     """Accumulate gradients of the Flow-GRPO loss over local `rows` and the trained SDE steps."""
     g = config.algo.grpo
     cfg = grpo_algo.GRPOConfig(clip_range=(g.clip_low, g.clip_high), kl_beta=g.kl_beta,
@@ -108,7 +110,7 @@ def grpo_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid
             loss, stats = grpo_algo.loss(logp, data["logp"].index_select(0, index)[:, k], advantages[index], cfg,
                                          valid=valid[index], kl=kl, backend=backend)
             weight = n_valid / part_valid / K
-            (loss * weight).backward()
+            (loss * (weight * grad_scale)).backward()
             for name in totals:
                 totals[name] += stats[name].detach() * weight
     return totals

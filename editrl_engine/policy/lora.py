@@ -146,19 +146,23 @@ def use_adapter(transformer: torch.nn.Module, adapter: str | None) -> Iterator[N
 
 
 def adapter_state_dict(transformer: torch.nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """One adapter's weights under peft's adapter-free names ('…to_q.lora_A.weight'), on the CPU."""
+    """One adapter's weights under peft's adapter-free names ('…to_q.lora_A.weight'), on the CPU. Sharded (FSDP2)
+    weights are gathered whole, a collective that every rank of the mesh must call."""
     from peft.utils import get_peft_model_state_dict
+    from torch.distributed.tensor import DTensor
     _require(transformer, adapter)
     state = get_peft_model_state_dict(transformer, adapter_name=adapter)
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().to("cpu").contiguous()
+            for k, v in state.items()}
 
 
 def save_adapter(transformer: torch.nn.Module, pipeline_class: type, directory: str | os.PathLike,
-                 adapter: str = "default", weight_name: str = LORA_WEIGHT_NAME) -> str:
+                 adapter: str = "default", weight_name: str = LORA_WEIGHT_NAME,
+                 state: dict[str, torch.Tensor] | None = None) -> str:
     """Write one adapter as safetensors (with its rank and alpha in the metadata) through the diffusers
     pipeline class's own save_lora_weights, so `pipeline_class.load_lora_weights(directory)` loads it.
-    Returns the file's path."""
-    state = adapter_state_dict(transformer, adapter)
+    Returns the file's path. `state`: the adapter_state_dict already gathered (sharded runs)."""
+    state = adapter_state_dict(transformer, adapter) if state is None else state
     metadata = transformer.peft_config[adapter].to_dict()
     os.makedirs(directory, exist_ok=True)
     pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, weight_name=weight_name,
