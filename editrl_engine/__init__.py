@@ -1,7 +1,8 @@
 """editrl_engine: reinforcement learning of instruction-guided image editors with vision-language rewards.
 
 `editrl_engine.ops` holds the fused RL ops (torch, triton and cpp backends); `info()` reports what this
-installation can run.
+installation can run. `editrl_engine.rerank` / `RerankResult` (Best-of-N reranking) import editrl_engine.serve on
+first use, so importing the package stays light.
 """
 from __future__ import annotations
 
@@ -28,4 +29,14 @@ def info() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["__version__", "info", "ops"]
+_LAZY = {"rerank": "serve", "RerankResult": "serve"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["__version__", "info", "ops", "rerank", "RerankResult"]

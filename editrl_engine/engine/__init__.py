@@ -17,6 +17,13 @@
 - demo/           the embedded default run (`editrl demo`)
 """
 from .config import ConfigError, TrainConfig, dump_toml, load_config
-from .trainer import Trainer
+
+
+def __getattr__(name: str):
+    if name == "Trainer":                     # imported on first use: the config alone stays light (CLI --help)
+        from .trainer import Trainer
+        return Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ConfigError", "TrainConfig", "Trainer", "dump_toml", "load_config"]

@@ -1,0 +1,198 @@
+"""`editrl rerank` and `editrl serve`: their argparse subcommands. Each module they need is imported when run.
+
+    editrl rerank --policy DIR|tiny --reward KIND[:DIR] [--reward-preset tiny] --n 8 --out OUT image.png "instr"
+    editrl serve --reward KIND[:DIR] [--reward-preset tiny] [--policy DIR|tiny] [--host 127.0.0.1] [--port 8000]
+
+add_rerank(subparsers) / add_serve(subparsers) build the parsers and set `run=`; a user error raises ValueError
+(or FileNotFoundError) with a message naming the problem and the fix, which the `editrl` entry point prints.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+FAMILIES = ("flux-kontext", "qwen-image-edit")
+
+
+def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool) -> None:
+    reward = parser.add_argument_group("reward")
+    reward.add_argument("--reward", required=True, metavar="KIND[:DIR]",
+                        help="reward kind (mllm_logit, editscore, verifier, programmatic), optionally with ':' and "
+                             "the local folder of its weights, e.g. mllm_logit:/models/Qwen2.5-VL-7B-Instruct; "
+                             "programmatic:MANIFEST.jsonl reads the synthetic tasks it verifies")
+    reward.add_argument("--reward-preset", metavar="NAME", help="build the reward from a preset instead of weights "
+                                                                 "(tiny: random weights, for smoke tests)")
+    reward.add_argument("--reward-backend", default="eager", help="scoring backend (default: eager)")
+    policy = parser.add_argument_group("policy")
+    policy.add_argument("--policy", required=policy_required, metavar="DIR|tiny",
+                        help="the editing policy: a local diffusers-format folder, or 'tiny' (random weights)"
+                             + ("" if policy_required else "; enables POST /v1/rerank"))
+    policy.add_argument("--family", default="flux-kontext", choices=FAMILIES,
+                        help="the policy's model family (default: flux-kontext)")
+    run = parser.add_argument_group("device")
+    run.add_argument("--device", default="cpu", help="torch device for both models (default: cpu)")
+    run.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default: float32)")
+
+
+def load_reward_from(args: argparse.Namespace):
+    import torch
+
+    from ..reward import KINDS, load_reward
+
+    kind, _, path = args.reward.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"--reward {args.reward}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "programmatic":
+        if not path:
+            raise ValueError("--reward programmatic needs the tasks it verifies: give programmatic:MANIFEST.jsonl "
+                             "(a synthetic-task manifest with specs, e.g. written by write_synthetic)")
+        from ..data import read_manifest
+        return load_reward("programmatic", tasks=read_manifest(path))
+    if not path and not args.reward_preset:
+        raise ValueError(f"--reward {kind} needs weights: give --reward {kind}:DIR (a local folder) or "
+                         "--reward-preset tiny")
+    return load_reward(kind, path=path or None, preset=None if path else args.reward_preset, device=args.device,
+                       dtype=getattr(torch, args.dtype), backend=args.reward_backend)
+
+
+def load_policy_from(args: argparse.Namespace):
+    import torch
+
+    from ..policy import load_policy
+
+    if args.policy is None:
+        return None
+    dtype = getattr(torch, args.dtype)
+    if args.policy == "tiny":
+        return load_policy(args.family, preset="tiny", device=args.device, dtype=dtype)
+    if not Path(args.policy).is_dir():
+        raise FileNotFoundError(f"--policy {args.policy}: no such folder; give a local diffusers-format folder of "
+                                f"a {args.family} model, or 'tiny'")
+    return load_policy(args.family, path=args.policy, device=args.device, dtype=dtype)
+
+
+# ---- editrl rerank --------------------------------------------------------------------------------------------
+def _run_rerank(args: argparse.Namespace) -> None:
+    from .outputs import contact_sheet, write_json_atomic, write_png_atomic
+    from .rerank import rerank
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"source image {image} does not exist")
+    if args.n < 1 or args.steps < 1:
+        raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    reward = load_reward_from(args)
+    policy = load_policy_from(args)
+    result = rerank(policy, reward, image, args.instruction, n=args.n, seed=args.seed, num_steps=args.steps,
+                    solver=args.solver)
+    out = Path(args.out)
+    rewards = [c.reward for c in result.candidates]
+    sheet = write_png_atomic(out / "contact_sheet.png",
+                             contact_sheet([c.image for c in result.candidates], rewards, result.best_index))
+    written = {"contact_sheet": sheet.name, "best": None, "candidates": []}
+    if result.best_image is not None:
+        written["best"] = write_png_atomic(out / "best.png", result.best_image).name
+    elif (out / "best.png").exists():
+        (out / "best.png").unlink()                 # no stale best from an earlier run beside this result
+    if args.save_candidates:
+        written["candidates"] = [str(write_png_atomic(out / "candidates" / f"{c.index:03d}.png", c.image)
+                                     .relative_to(out)) for c in result.candidates]
+    report = {**result.to_dict(), "source": str(image), "policy_source": args.policy,
+              "reward_source": args.reward, "reward_metadata": reward.metadata(), "files": written}
+    write_json_atomic(out / "result.json", report)
+
+    print(f"rerank: {args.n} candidates of {args.family} ({args.policy}), {args.steps} steps, seed {args.seed}; "
+          f"reward {result.reward_kind}{' (shared-prefix group path)' if result.group_path else ''}")
+    for c in result.candidates:
+        mark = "  <- best" if c.index == result.best_index else ""
+        value = f"{c.reward:.4f}" if c.error is None else f"NaN ({c.error})"
+        print(f"  #{c.index:<3d} seed {c.seed:<6d} reward {value}{mark}")
+    if result.error:
+        print(f"editrl: warning: {result.error}", file=sys.stderr)
+    print(f"wrote {out / 'result.json'}, {out / 'contact_sheet.png'}"
+          + (f", {out / 'best.png'}" if written["best"] else " (no best.png: no candidate could be chosen)"))
+
+
+def add_rerank(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "rerank", help="Best-of-N: sample N edits with a policy, keep the one the reward scores highest",
+        description="Sample N edits of IMAGE under INSTRUCTION as one group (the pair encoded once, candidate i from "
+                    "seed + i), score them through the reward's shared-prefix group path, and write OUT/best.png, "
+                    "OUT/contact_sheet.png (every candidate with its reward) and OUT/result.json (atomically). "
+                    "A NaN reward never wins; when all are NaN there is no best.png and the JSON says why.")
+    parser.add_argument("image", help="the source image (PNG or JPEG)")
+    parser.add_argument("instruction", help="the edit instruction")
+    _model_arguments(parser, policy_required=True)
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--n", type=int, default=8, help="candidates to sample (default: 8)")
+    sampling.add_argument("--seed", type=int, default=0, help="candidate i is sampled from seed + i (default: 0)")
+    sampling.add_argument("--steps", type=int, default=28, help="sampling steps (default: 28)")
+    sampling.add_argument("--solver", default="euler", choices=("euler", "dpm2"), help="ODE solver (default: euler)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", required=True, metavar="OUT", help="folder for best.png, contact_sheet.png, "
+                                                                    "result.json")
+    output.add_argument("--save-candidates", action="store_true", help="also write OUT/candidates/NNN.png")
+    parser.set_defaults(run=_run_rerank)
+
+
+# ---- editrl serve ---------------------------------------------------------------------------------------------
+def serve_config(args: argparse.Namespace):
+    from .server import ServeConfig
+
+    return ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                       max_queue=args.max_queue, timeout_s=args.timeout_s, max_body_mb=args.max_body_mb,
+                       max_candidates=args.max_candidates, rerank_steps=args.rerank_steps)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    try:
+        from .runner import serve_forever
+        from .server import create_app
+    except ModuleNotFoundError as error:
+        raise ValueError(f"editrl serve needs the web stack, and {error.name!r} is not installed: "
+                         "pip install 'editrl-engine[serve]'") from error
+
+    config = serve_config(args)               # bad settings fail before the models load
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        print(f"editrl: warning: listening on {args.host}, not loopback: the server has no authentication",
+              file=sys.stderr)
+    reward = load_reward_from(args)
+    policy = load_policy_from(args)
+    app = create_app(reward, policy, config)
+    print(f"serving reward {reward.kind}" + (f" and policy {args.family} ({args.policy})" if policy else "")
+          + f" on http://{args.host}:{args.port} (max batch {args.max_batch} candidates, max wait "
+            f"{args.max_wait_ms} ms, queue {args.max_queue}); Ctrl-C drains and stops", file=sys.stderr)
+    serve_forever(app, log_level=args.log_level)
+
+
+def add_serve(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve a reward (and Best-of-N reranking) over HTTP with dynamic batching",
+        description="POST /v1/score (instruction, source, candidates as base64 PNG/JPEG or a multipart upload) -> "
+                    "rewards and details; POST /v1/rerank (with --policy) -> the best and every candidate; "
+                    "GET /healthz; GET /metrics (Prometheus); GET /openapi.json. Concurrent requests are scored "
+                    "together (up to --max-batch candidates, waiting at most --max-wait-ms). SIGINT / SIGTERM "
+                    "stop accepting and answer every request already admitted.")
+    _model_arguments(parser, policy_required=False)
+    http = parser.add_argument_group("http")
+    http.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback)")
+    http.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    http.add_argument("--max-batch", type=int, default=32, help="candidates per model call (default: 32)")
+    http.add_argument("--max-wait-ms", type=float, default=5.0,
+                      help="how long to wait for more requests to fill a batch (default: 5)")
+    http.add_argument("--max-queue", type=int, default=256,
+                      help="requests waiting before 503 + Retry-After (default: 256)")
+    http.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout, then 504 (default: 30)")
+    http.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit, then 413 (default: 32)")
+    http.add_argument("--max-candidates", type=int, default=64, help="candidates per /v1/score request "
+                                                                     "(default: 64)")
+    http.add_argument("--rerank-steps", type=int, default=28, help="sampling steps of /v1/rerank (default: 28)")
+    http.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.set_defaults(run=_run_serve)
