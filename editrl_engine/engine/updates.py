@@ -38,7 +38,9 @@ def nft_timesteps(rollout: LocalRollout, config: TrainConfig, device) -> tuple[t
 
 def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
                  part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0) -> dict[str, float]:
-    """Accumulate gradients of the NFT loss over local `rows` (advantages, valid: [n] local)."""
+    """Accumulate gradients of the NFT loss over local `rows` (advantages, valid: [n] local). Per micro-batch of b
+    rows, the old-adapter (and reference) velocities of all K timesteps come from one no-grad call of K * b rows;
+    then each timestep's forward and backward with the current adapter."""
     s = config.algo.nft
     cfg = nft_algo.NFTConfig(beta=s.beta, kl_beta=s.kl_beta, adv_clip_max=s.adv_clip_max,
                              timestep_fraction=s.timestep_fraction, decay_schedule=s.decay_schedule)
@@ -47,26 +49,29 @@ def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid:
     r = nft_algo.optimality(advantages, cfg, backend=backend)                   # [n]
     valid_host = valid.tolist()
     policy_term = torch.zeros((), device=policy.device)
-    for k in range(K):
-        for mb in _micro_batches(rows, config.optim.micro_batch):
-            n_valid = sum(valid_host[i] for i in mb)
-            if n_valid == 0:
-                continue
-            index = torch.tensor(mb, device=policy.device)
-            x0 = rollout.x0.index_select(0, index)                               # [b, L, C]
-            t = t_all[index, k]                                                  # [b]
-            x_t, _ = nft_algo.noisy_latents(x0, t, noise_all[index, k])
-            cond = rollout.cond.select(mb)
-            with torch.no_grad():
-                with policy.use_adapter("old"):
-                    v_old = policy.velocity(x_t, t, cond)
-                v_ref = None
-                if cfg.kl_beta:
-                    with policy.use_adapter(None):
-                        v_ref = policy.velocity(x_t, t, cond)
-            v = policy.velocity(x_t, t, cond)
-            out = nft_algo.loss(v, v_old, x_t, x0, t, r[index], cfg, v_ref=v_ref, valid=valid[index],
-                                backend=backend)
+    for mb in _micro_batches(rows, config.optim.micro_batch):
+        n_valid = sum(valid_host[i] for i in mb)
+        if n_valid == 0:
+            continue
+        b = len(mb)
+        index = torch.tensor(mb, device=policy.device)
+        x0 = rollout.x0.index_select(0, index)                                   # [b, L, C]
+        t = t_all[index].T.reshape(-1)                                           # [K * b], timestep-major
+        x_t, _ = nft_algo.noisy_latents(x0.repeat(K, 1, 1), t, noise_all[index].transpose(0, 1).flatten(0, 1))
+        cond = rollout.cond.select(mb)
+        with torch.no_grad():              # the frozen forwards of all K timesteps in one call each
+            cond_k = rollout.cond.select(mb * K)
+            with policy.use_adapter("old"):
+                v_old = policy.velocity(x_t, t, cond_k)                          # [K * b, L, C]
+            v_ref = None
+            if cfg.kl_beta:
+                with policy.use_adapter(None):
+                    v_ref = policy.velocity(x_t, t, cond_k)
+        for k in range(K):
+            rows_k = slice(k * b, (k + 1) * b)
+            v = policy.velocity(x_t[rows_k], t[rows_k], cond)                     # [b, L, C], with grad
+            out = nft_algo.loss(v, v_old[rows_k], x_t[rows_k], x0, t[rows_k], r[index], cfg,
+                                v_ref=None if v_ref is None else v_ref[rows_k], valid=valid[index], backend=backend)
             (out.loss * (n_valid / part_valid / K * grad_scale)).backward()
             policy_term += out.policy.detach()[valid[index]].sum() / part_valid / K
     return {"nft_policy_loss": policy_term}
