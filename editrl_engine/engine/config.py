@@ -68,8 +68,9 @@ class DataConfig:
     image_size: int = 16
     edits: tuple[str, ...] = ("recolor", "move", "remove", "background")
     max_shapes: int = 3
-    eval_tasks: int = 16                   # held-out tasks (synthetic seed + 1) for evaluation
-    eval_seed: int = 1
+    eval_tasks: int = 16                   # held-out synthetic tasks for evaluation ...
+    eval_seed: int = 1                     # ... drawn from this seed
+    exclude_eval: bool = True              # skip training tasks equal to a held-out task (instruction + pixels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,9 @@ class NFTSection:
     timestep_fraction: float = 0.99
     decay_schedule: str = "default"
     sample_adapter: str = "old"            # rollouts come from the old (sampling) policy, as in DiffusionNFT
+    group_noise: bool = False              # the samples of a group share their training timesteps and noise
+                                           # (common random numbers: the noise terms cancel across the group's
+                                           # advantages, which sum to zero); False draws them per sample
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..data.manifest import EditRow, GroupKey, group_key, read_manifest
-from ..data.synthetic import ShapeTask, make_tasks
+from ..data.synthetic import ShapeTask, make_task, make_tasks
 from .config import DataConfig
 
 
@@ -35,7 +35,7 @@ class TaskSet:
         rows, keys, images = [], [], {}
         for task in tasks:
             image = task.source_image()                                        # uint8 [3, H, W]
-            key = GroupKey(task.instruction, hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest())
+            key = _key(task, image)
             rows.append(task.to_row(Path(f"synthetic/{task.id}.png")))
             keys.append(key)
             images[key] = image
@@ -48,11 +48,22 @@ class TaskSet:
 
     @classmethod
     def from_config(cls, data: DataConfig, *, held_out: bool = False) -> "TaskSet":
-        """The training tasks (or, held_out=True, the evaluation tasks) the config describes."""
+        """The training tasks (or, held_out=True, the evaluation tasks) the config describes. Synthetic training
+        tasks skip any task equal to a held-out one (data.exclude_eval) and draw further indices instead."""
         if data.manifest and not held_out:
             return cls.from_manifest(data.manifest)
-        n, seed = (data.eval_tasks, data.eval_seed) if held_out else (data.synthetic_tasks, data.synthetic_seed)
-        return cls.synthetic(make_tasks(n, seed, data.image_size, edits=data.edits, max_shapes=data.max_shapes))
+        options = dict(edits=data.edits, max_shapes=data.max_shapes)
+        if held_out:
+            return cls.synthetic(make_tasks(data.eval_tasks, data.eval_seed, data.image_size, **options))
+        excluded = set(cls.from_config(data, held_out=True).keys) if data.exclude_eval else set()
+        chosen: list[ShapeTask] = []
+        index = 0
+        while len(chosen) < data.synthetic_tasks:
+            task = make_task(data.synthetic_seed, index, data.image_size, **options)
+            index += 1
+            if _key(task) not in excluded:
+                chosen.append(task)
+        return cls.synthetic(chosen)
 
     def image(self, key: GroupKey, row: EditRow | None = None) -> torch.Tensor:
         """The source image of a group, uint8 [3, H, W] (decoded from its file on first use)."""
@@ -66,6 +77,12 @@ class TaskSet:
                                  "the row from the manifest") from None
             self.images[key] = torch.from_numpy(array).permute(2, 0, 1)
         return self.images[key]
+
+
+def _key(task: ShapeTask, image: torch.Tensor | None = None) -> GroupKey:
+    """A synthetic task's group key: its instruction and the sha256 of its source pixels."""
+    image = task.source_image() if image is None else image
+    return GroupKey(task.instruction, hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest())
 
 
 def reward_options(reward, rows: Sequence[EditRow]) -> dict:

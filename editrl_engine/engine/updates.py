@@ -23,14 +23,17 @@ def _micro_batches(rows: list[int], size: int) -> list[list[int]]:
 
 
 def nft_timesteps(rollout: LocalRollout, config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per local sample (its own seed): the first int(T·fraction) of a random permutation of the rollout's T
-    timesteps, and fresh noise for each. Returns t [n, K] and noise [n, K, L, C]."""
+    """Per local sample (its own seed, or its group's with algo.nft.group_noise): the first int(T·fraction) of a
+    random permutation of the rollout's T timesteps, and fresh noise for each. Returns t [n, K] and noise [n, K, L, C]."""
     timesteps = torch.tensor(rollout.sigmas[:-1], dtype=torch.float32)          # [T]
     T = timesteps.shape[0]
     K = nft_algo.num_train_timesteps(T, config.algo.nft.timestep_fraction)
     ts, noises = [], []
+    G = rollout.plan.group_size
     for n in rollout.indices:
-        g = torch.Generator().manual_seed(sample_seed(config.run.seed, rollout.plan.step, n, stream=1))
+        key = n // G if config.algo.nft.group_noise else n                      # the group's draw, or the sample's
+        g = torch.Generator().manual_seed(sample_seed(config.run.seed, rollout.plan.step, key,
+                                                      stream=3 if config.algo.nft.group_noise else 1))
         ts.append(timesteps[torch.rand(T, generator=g).argsort()[:K]])          # [K]
         noises.append(torch.randn((K, *rollout.x0.shape[1:]), generator=g))     # [K, L, C]
     return torch.stack(ts).to(device), torch.stack(noises).to(device)

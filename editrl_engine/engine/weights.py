@@ -73,10 +73,7 @@ def load_full_weights(policy, path: str | os.PathLike) -> list[str]:
 
 
 def _base_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers without LoRA layers, under the names the module has without adapters."""
-    out = {}
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if "lora_" in name:
-            continue
-        out[name.replace(".base_layer.", ".")] = tensor
-    return out
+    """The state dict (parameters and persistent buffers, as live tensors) without LoRA layers, under the names the
+    module has without adapters."""
+    return {name.replace(".base_layer.", "."): tensor for name, tensor in module.state_dict(keep_vars=True).items()
+            if "lora_" not in name}

@@ -1,8 +1,9 @@
 """FLUX.1-Kontext component configs: small dataclasses whose `.build()` makes the module they describe.
 
 Presets build random weights and tokenizers made in code (byte / character level, so nothing is downloaded):
-"tiny" (~0.1 M transformer parameters; for tests) and "flux.1-kontext-dev" (the released model's sizes; for
-benchmarks). The released weights and tokenizers load from a local folder instead (folder.py).
+"tiny" (~0.1 M transformer parameters; for tests), "demo" (the embedded demo's 16x16 model) and
+"flux.1-kontext-dev" (the released model's sizes; for benchmarks). The released weights and tokenizers load
+from a local folder instead (folder.py).
 """
 from __future__ import annotations
 
@@ -171,6 +172,20 @@ PRESETS: dict[str, FluxKontextConfig] = {
         clip=ClipTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
                             vocab_size=514, max_length=77),
         t5=T5EncoderConfig(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1, vocab_size=128, max_length=32),
+    ),
+    # the embedded demo (engine/demo): 16x16 images; a VAE with 3 latent channels and no downsampling, which
+    # engine/demo/vae.py sets to an exact identity autoencoder (latent = pixels; the demo's warm-up checkpoint
+    # carries those weights), so 64 tokens of 2x2 patches;
+    # ~0.27 M transformer parameters; T5 tokens for the longest shapes instruction (52 with </s>)
+    "demo": FluxKontextConfig(
+        transformer=TransformerConfig(in_channels=12, num_layers=1, num_single_layers=1, attention_head_dim=32,
+                                      num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                      axes_dims_rope=(8, 12, 12)),
+        vae=VaeConfig(latent_channels=3, block_out_channels=(8,), layers_per_block=1, norm_num_groups=1,
+                      sample_size=16, scaling_factor=1.0, shift_factor=0.0),
+        clip=ClipTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                            vocab_size=514, max_length=56),
+        t5=T5EncoderConfig(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1, vocab_size=128, max_length=56),
     ),
 }
 

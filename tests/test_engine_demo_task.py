@@ -1,0 +1,90 @@
+"""The embedded demo's pieces: its task sets are fixed and disjoint, the warm-up colours are jittered within
+the bound and only where the edit paints, the VAE reconstructs the images, the shipped warm-up loads and is
+small, and the warm-up's training step lowers the flow-matching loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editrl_engine.engine.demo import evaluate, pretrain, task as demo_task
+
+
+def ids(tasks) -> list[tuple[str, str]]:
+    return [(t.id, t.instruction) for t in tasks]
+
+
+def test_task_sets_are_deterministic():
+    demo_task.heldout_tasks.cache_clear()
+    demo_task.rl_tasks.cache_clear()
+    first = ids(demo_task.heldout_tasks()), ids(demo_task.rl_tasks())
+    demo_task.heldout_tasks.cache_clear()
+    demo_task.rl_tasks.cache_clear()
+    assert (ids(demo_task.heldout_tasks()), ids(demo_task.rl_tasks())) == first
+    tasks_a, targets_a = demo_task.warmup_batch(3, 8)
+    tasks_b, targets_b = demo_task.warmup_batch(3, 8)
+    assert ids(tasks_a) == ids(tasks_b) and torch.equal(targets_a, targets_b)
+    assert len(demo_task.heldout_tasks()) == demo_task.HELDOUT_SIZE
+    assert {t.edit.kind for t in demo_task.heldout_tasks()} == set(demo_task.EDITS)
+    assert all(t.height == t.width == demo_task.SIZE for t in demo_task.heldout_tasks())
+
+
+def test_heldout_is_disjoint_from_training():
+    held = {demo_task.task_key(t) for t in demo_task.heldout_tasks()}
+    assert len(held) == demo_task.HELDOUT_SIZE
+    assert not held & {demo_task.task_key(t) for t in demo_task.rl_tasks()}
+    warmup = [t for step in range(20) for t in demo_task.warmup_batch(step, 32)[0]]
+    assert not held & {demo_task.task_key(t) for t in warmup}
+
+
+def test_jitter_changes_only_the_edited_colour_within_the_bound():
+    tasks, jittered = demo_task.warmup_batch(0, 64)
+    exact = torch.stack([t.target_image() for t in tasks]).to(torch.int16)         # [B, 3, H, W]
+    sources = torch.stack([t.source_image() for t in tasks])
+    region = (sources != exact.to(torch.uint8)).any(dim=1)                           # [B, H, W]
+    diff = jittered.to(torch.int16) - exact                                          # [B, 3, H, W]
+    assert diff.abs().max() <= demo_task.JITTER
+    assert (diff.abs().amax(dim=1)[~region] == 0).all()                              # nothing else changes
+    changed = diff.abs().amax(dim=1).flatten(1).amax(dim=1)                          # [B]
+    assert (changed > 0).float().mean() > 0.9                                        # really jittered
+    assert (changed > 24).any()                                                      # by more than a little
+    _, exact_batch = demo_task.warmup_batch(0, 64, jitter=0)
+    assert torch.equal(exact_batch, exact.to(torch.uint8))
+
+
+def test_shipped_checkpoint_loads_and_is_small():
+    assert pretrain.CHECKPOINT.stat().st_size < 2 * 1024 * 1024
+    policy = pretrain.load_demo_policy()
+    assert policy.vae_scale_factor == 1
+    assert 0.2e6 < policy.metadata()["transformer_parameters"] < 0.35e6
+
+
+@pytest.mark.parametrize("source", ["built", "shipped"])
+def test_vae_reconstructs_shapes_images(source):
+    policy = pretrain.build_policy() if source == "built" else pretrain.load_demo_policy()
+    tasks, jittered = demo_task.warmup_batch(0, 16)
+    images = torch.cat([torch.stack([t.source_image() for t in tasks]), jittered])  # uint8 [2B, 3, H, W]
+    noise = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.cat([images, noise])
+    cond = policy.encode(list(images), ["x"] * len(images))
+    decoded = policy.decode(cond.tensors["source_latents"], cond)                    # uint8 [N, 3, H, W]
+    assert (decoded.to(torch.int16) - images.to(torch.int16)).abs().max() <= 1
+    latents = cond.tensors["source_latents"]                                         # [N, 64, 12]: the pixels
+    assert latents.shape[1:] == (64, 12) and latents.abs().max() <= 1.0 + 1e-3
+
+
+def test_pretrain_lowers_the_loss(tmp_path):
+    def fixed_loss(policy) -> float:
+        with torch.no_grad():
+            return pretrain.flow_matching_loss(policy, 0, torch.Generator().manual_seed(7), batch_size=16).item()
+    before = fixed_loss(pretrain.build_policy(seed=0))
+    path = pretrain.pretrain(tmp_path / "w.safetensors", steps=3, seed=0, batch_size=16, progress=False)
+    after = fixed_loss(pretrain.load_demo_policy(path))
+    assert after < 0.9 * before
+
+
+def test_heldout_reward_is_deterministic():
+    policy = pretrain.load_demo_policy()
+    tasks = demo_task.heldout_tasks()[:6]
+    first = evaluate.heldout_rewards(policy, tasks, num_steps=2)
+    assert first.shape == (6,) and ((first >= 0) & (first <= 1)).all()
+    assert torch.equal(first, evaluate.heldout_rewards(policy, tasks, num_steps=2))
