@@ -136,12 +136,12 @@ def test_nft_training_noise_per_sample_or_per_group(tmp_path, group_noise):
     from editrl_engine.algo.sampler import StepPlan
     config = tiny_config(tmp_path, f"algo.nft.group_noise={str(group_noise).lower()}")
     plan = StepPlan(step=3, keys=(), rows=(), group_size=4, world_size=1)
-    rollout = LocalRollout(plan, list(range(8)), None, torch.zeros(8, 5, 2), None, [], [1.0, 0.8, 0.5, 0.2, 0.0],
+    rollout = LocalRollout(plan, list(range(8)), None, torch.zeros(8, 5, 2), None, [], [1.0, 0.75, 0.5, 0.25, 0.0],
                            None, [], 0.0)
     t, noise = nft_timesteps(rollout, config, "cpu")                       # [8, K], [8, K, 5, 2]
     assert t.shape == (8, 3) and noise.shape == (8, 3, 5, 2)               # K = int(4 * 0.99) = 3
     for row in t:                                                           # distinct timesteps of the rollout
-        assert len(set(row.tolist())) == 3 and set(row.tolist()) <= {1.0, 0.8, 0.5, 0.2}
+        assert len(set(row.tolist())) == 3 and set(row.tolist()) <= {1.0, 0.75, 0.5, 0.25}
     same_in_group = torch.equal(noise[0], noise[1]) and torch.equal(t[0], t[3]) and torch.equal(noise[4], noise[7])
     assert same_in_group == group_noise
     assert not torch.equal(noise[0], noise[4])                             # different groups always differ
