@@ -165,7 +165,7 @@ def _add_demo(subparsers) -> None:
         "demo", help="the embedded default: a few minutes of DiffusionNFT on the CPU",
         description="Train a tiny Kontext-architecture editor on the synthetic shapes editing task with the exact "
                     "programmatic reward and DiffusionNFT, starting from the shipped supervised warm-up (trained "
-                    "on jittered colours; `editrl pretrain-demo` reproduces it). Prints the held-out reward "
+                    "on imperfect data; `editrl pretrain-demo` reproduces it). Prints the held-out reward "
                     "before and after RL and writes runs/demo/: metrics.jsonl, reward_curve.png, before_after.png, "
                     "lora/ (diffusers-loadable) and summary.json. Fixed step counts: a run is reproducible.",
         epilog="Example: editrl demo --set run.seed=1 --set run.out_dir=runs/demo-seed1")
@@ -179,21 +179,21 @@ def _run_pretrain_demo(args: argparse.Namespace) -> None:
 
     from .engine.demo import pretrain as defaults, task
     path = pretrain(args.out, steps=args.steps or defaults.STEPS, seed=args.seed,
-                    jitter=task.JITTER if args.jitter is None else args.jitter)
+                    fraction=task.UNEDITED_FRACTION if args.unedited_fraction is None else args.unedited_fraction)
     print(f"warm-up checkpoint: {path} ({__import__('os').path.getsize(path) / 1e6:.2f} MB)")
 
 
 def _add_pretrain_demo(subparsers) -> None:
     parser = subparsers.add_parser(
         "pretrain-demo", help="reproduce the demo's shipped supervised warm-up checkpoint",
-        description="Supervised flow-matching warm-up of the demo policy on synthetic shapes edits whose target "
-                    "colours are deliberately jittered (so supervised training alone stays imperfect). With the "
-                    "defaults it rebuilds the checkpoint that ships as editrl_engine/engine/demo/warmup.safetensors.")
+        description="Supervised flow-matching warm-up of the demo policy on synthetic shapes edits where a fixed "
+                    "share of the targets is deliberately left unedited (so the supervised model sometimes does "
+                    "not edit, which RL against the exact reward then fixes). With the defaults it rebuilds the checkpoint that ships as editrl_engine/engine/demo/warmup.safetensors.")
     parser.add_argument("--out", default="runs/demo-warmup.safetensors", help="where to write the checkpoint")
     parser.add_argument("--steps", type=int, help="training steps (default: those of the shipped checkpoint)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights and noise")
-    parser.add_argument("--jitter", type=int, help="max per-channel offset of the target colours, 0-255 scale "
-                                                   "(default: the shipped checkpoint's)")
+    parser.add_argument("--unedited-fraction", type=float,
+                        help="share of warm-up targets left unedited (default: the shipped checkpoint's)")
     parser.set_defaults(run=_run_pretrain_demo)
 
 

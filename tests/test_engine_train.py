@@ -145,3 +145,33 @@ def test_nft_training_noise_per_sample_or_per_group(tmp_path, group_noise):
     same_in_group = torch.equal(noise[0], noise[1]) and torch.equal(t[0], t[3]) and torch.equal(noise[4], noise[7])
     assert same_in_group == group_noise
     assert not torch.equal(noise[0], noise[4])                             # different groups always differ
+
+
+def test_ema_follows_the_weights_and_evaluation_swaps_it_in_and_out(tmp_path):
+    from editrl_engine.engine.tasks import TaskSet
+    config = tiny_config(tmp_path / "run", "run.steps=2", "optim.ema_every=1", "optim.ema_decay=0.5")
+    trainer, _ = run(config)
+    assert all(torch.count_nonzero(e) > 0 for e in trainer.ema[1::2])         # lora_B left 0: the EMA moved
+    live = lora_state(trainer)
+    assert any(not torch.equal(e, p) for e, p in zip(trainer.ema, live))      # and lags the live weights
+    held_out = TaskSet.from_config(config.data, held_out=True)
+    held_out.rows, held_out.keys = held_out.rows[:2], held_out.keys[:2]
+
+    class Recorder(BrightnessReward):
+        seen: list = []
+
+        def score(self, sources, instructions, edited, **options):
+            Recorder.seen.append([p.detach().clone() for p in trainer.params])
+            return super().score(sources, instructions, edited)
+
+    with_ema = trainer.evaluate(held_out, use_ema=True, reward=Recorder())
+    assert all(torch.equal(a, e) for a, e in zip(Recorder.seen[-1], trainer.ema))      # scored with the EMA
+    assert all(torch.equal(a, b) for a, b in zip(lora_state(trainer), live))           # and swapped back out
+    plain = trainer.evaluate(held_out, reward=Recorder())
+    assert all(torch.equal(a, b) for a, b in zip(Recorder.seen[-1], live))
+    assert with_ema["rewards"].shape == plain["rewards"].shape == (2,)
+
+
+def test_ema_with_decay_zero_is_the_live_weights(tmp_path):
+    trainer, _ = run(tiny_config(tmp_path / "run", "run.steps=2", "optim.ema_every=1", "optim.ema_decay=0.0"))
+    assert all(torch.equal(e, p) for e, p in zip(trainer.ema, lora_state(trainer)))

@@ -47,7 +47,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -75,11 +75,11 @@ def commit(out_dir: Path, step: int, keep: int) -> Path:
     """Rename the staged folder into place, point `latest` at it, delete older checkpoints beyond `keep`."""
     root = checkpoint_root(out_dir)
     stage, final = staging_dir(out_dir, step), root / f"step-{step:06d}"
-    _write_text_atomic(stage / "meta.json", json.dumps({"step": step, "time": time.time()}))
+    write_text_atomic(stage / "meta.json", json.dumps({"step": step, "time": time.time()}))
     if final.exists():                                 # a re-run of the same step: replace the old one
         shutil.rmtree(final)
     os.replace(stage, final)
-    _write_text_atomic(root / LATEST, final.name + "\n")
+    write_text_atomic(root / LATEST, final.name + "\n")
     for stale in root.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)
     done = sorted(p for p in root.glob("step-*") if p.is_dir())

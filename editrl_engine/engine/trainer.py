@@ -44,7 +44,7 @@ def _none_if_negative(x: float) -> float | None:
     return None if x < 0 else x
 
 
-def build_reward(config: TrainConfig, device: torch.device, tasks: TaskSet | None = None):
+def build_reward(config: TrainConfig, device: torch.device):
     from ..reward import load_reward
     r = config.reward
     kind = dict(r.weights) if r.weights else r.kind
@@ -161,7 +161,7 @@ class Trainer:
     def _make_scorer(self):
         if self.placement.reward_ranks:
             return RemoteScorer(self.placement)
-        self.reward = self._reward or build_reward(self.config, self.device, self.tasks)
+        self.reward = self._reward or build_reward(self.config, self.device)
         return LocalScorer(self.reward)
 
     @property
@@ -177,7 +177,7 @@ class Trainer:
     def train(self, resume: bool = False) -> dict:
         """Run until run.steps; returns a summary (last metrics, checkpoint path, reward-rank stats)."""
         if not self.placement.is_policy:                     # a reward rank: serve until the policy ranks stop
-            reward = self._reward or build_reward(self.config, self.device, self.tasks)
+            reward = self._reward or build_reward(self.config, self.device)
             stats = serve_rewards(reward, self.placement)
             self.placement.barrier()
             return {"role": "reward", **stats}
@@ -187,7 +187,7 @@ class Trainer:
             pending = self.load_latest()
         if self.placement.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(dump_toml(self.config))
+            ckpt.write_text_atomic(self.out_dir / "config.toml", dump_toml(self.config))
         scorer = self._make_scorer()
         self.logger                                               # opened at the start step (drops later lines)
         total = self.config.run.steps
@@ -318,7 +318,7 @@ class Trainer:
                  reward=None) -> dict:
         """Held-out reward: deterministic Euler samples (one per task, fixed seeds) scored by the run's reward."""
         from .evaluation import evaluate_policy
-        reward = reward or getattr(self, "reward", None) or build_reward(self.config, self.device, tasks)
+        reward = reward or getattr(self, "reward", None) or build_reward(self.config, self.device)
         swap = self._swap_ema() if use_ema else contextlib.nullcontext()
         with swap:
             return evaluate_policy(self.policy, reward, tasks, num_steps=num_steps or self.config.sampling.eval_steps,
@@ -382,7 +382,7 @@ class Trainer:
                 "ema": ema, "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
                 "history": self.history, "fsdp": self.fsdp,
             }, stage / "trainer.pt")
-            (stage / "config.toml").write_text(dump_toml(self.config))
+            ckpt.write_text_atomic(stage / "config.toml", dump_toml(self.config))
         local = None
         if pending is not None:
             r = pending.rollout
@@ -431,6 +431,8 @@ class Trainer:
         rollout = local["pending"]["rollout"]
         rollout.x0 = rollout.x0.to(self.device)
         rollout.cond = rollout.cond.to(self.device)
+        if rollout.grpo is not None:
+            rollout.grpo = {k: v.to(self.device) for k, v in rollout.grpo.items()}
         return Pending(rollout, local["pending"]["scored"])
 
     @contextlib.contextmanager

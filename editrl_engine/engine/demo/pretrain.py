@@ -1,9 +1,9 @@
-"""The demo's supervised warm-up: flow matching of the demo transformer and text encoders on jittered edits
-(task.py), written as the shipped checkpoint; and `load_demo_policy`, the policy with those weights.
+"""The demo's supervised warm-up: flow matching of the demo transformer and text encoders on imperfect edits
+(task.py: a fixed share of the targets are left unedited), written as the shipped checkpoint; and `load_demo_policy`, the policy with those weights.
 
     python -m editrl_engine.engine.demo.pretrain editrl_engine/engine/demo/warmup.safetensors   # reproduce it
 
-Loss ||v - (eps - x0)||^2 at x_t = (1 - t) x0 + t eps, t ~ U(0, 1), x0 the packed latents of the jittered
+Loss ||v - (eps - x0)||^2 at x_t = (1 - t) x0 + t eps, t ~ U(0, 1), x0 the packed latents of the warm-up
 target, conditioned on the source and the instruction exactly as RL and evaluation condition it. The
 transformer and both text encoders train (the text encoders in eval mode, no dropout); the VAE is the exact
 identity (vae.py) and is not trained. The checkpoint holds every module (trained ones in fp16, the VAE in
@@ -28,7 +28,7 @@ from .vae import make_identity
 
 PRESET = "demo"
 CHECKPOINT = Path(__file__).with_name("warmup.safetensors")
-STEPS = 150
+STEPS = 800
 BATCH_SIZE = 16
 LR = 3e-3
 WARMUP_FRACTION = 0.05                       # linear LR warm-up, then cosine to 0
@@ -57,9 +57,9 @@ def image_latents(policy: FluxKontextPolicy, images: torch.Tensor) -> torch.Tens
 
 
 def flow_matching_loss(policy: FluxKontextPolicy, step: int, generator: torch.Generator,
-                       batch_size: int = BATCH_SIZE, jitter: int = demo_task.JITTER) -> torch.Tensor:
+                       batch_size: int = BATCH_SIZE, fraction: float = demo_task.UNEDITED_FRACTION) -> torch.Tensor:
     """The mean squared velocity error of warm-up batch `step` (t and eps drawn from `generator`)."""
-    tasks, targets = demo_task.warmup_batch(step, batch_size, jitter=jitter)
+    tasks, targets = demo_task.warmup_batch(step, batch_size, fraction=fraction)
     instructions = [t.instruction for t in tasks]
     cond = policy.encode([t.source_image() for t in tasks], instructions)
     if any(p.requires_grad for p in policy.components.text_encoder_2.parameters()):
@@ -103,7 +103,7 @@ def save_checkpoint(policy: FluxKontextPolicy, out_path: str | os.PathLike, meta
 
 
 def pretrain(out_path: str | os.PathLike = CHECKPOINT, steps: int = STEPS, seed: int = 0, *,
-             batch_size: int = BATCH_SIZE, lr: float = LR, jitter: int = demo_task.JITTER,
+             batch_size: int = BATCH_SIZE, lr: float = LR, fraction: float = demo_task.UNEDITED_FRACTION,
              progress: bool = True) -> Path:
     """Train the demo transformer and text encoders from random weights (seed) for `steps` steps; write the
     checkpoint (its metadata records the settings and the command that rebuilds the shipped file)."""
@@ -120,7 +120,7 @@ def pretrain(out_path: str | os.PathLike = CHECKPOINT, steps: int = STEPS, seed:
     generator = torch.Generator().manual_seed(seed)
     start, running = time.perf_counter(), None
     for step in range(steps):
-        loss = flow_matching_loss(policy, step, generator, batch_size, jitter)
+        loss = flow_matching_loss(policy, step, generator, batch_size, fraction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,7 +134,7 @@ def pretrain(out_path: str | os.PathLike = CHECKPOINT, steps: int = STEPS, seed:
     for module in trained:
         module.eval().requires_grad_(False)
     metadata = {"preset": PRESET, "steps": str(steps), "seed": str(seed), "batch_size": str(batch_size),
-                "lr": str(lr), "jitter": str(jitter), "warmup_seed": str(demo_task.WARMUP_SEED), "command": COMMAND}
+                "lr": str(lr), "unedited_fraction": str(fraction), "warmup_seed": str(demo_task.WARMUP_SEED), "command": COMMAND}
     return save_checkpoint(policy, out_path, metadata)
 
 
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", nargs="?", default=str(CHECKPOINT))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jitter", type=int, default=demo_task.JITTER)
+    parser.add_argument("--unedited-fraction", type=float, default=demo_task.UNEDITED_FRACTION)
     args = parser.parse_args(argv)
-    print(pretrain(args.out, steps=args.steps, seed=args.seed, jitter=args.jitter))
+    print(pretrain(args.out, steps=args.steps, seed=args.seed, fraction=args.unedited_fraction))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`editrl demo`: the embedded default run, end to end on the CPU in a few minutes.
 
 The shipped config `demo` (configs/demo.toml) describes it: the 16x16 shapes task, the demo Kontext policy started
-from the shipped supervised warm-up (warmup.safetensors, trained on jittered colours), the programmatic reward,
+from the shipped supervised warm-up (warmup.safetensors, trained on imperfect edits), the programmatic reward,
 DiffusionNFT with a LoRA. The run folder gets metrics.jsonl, reward_curve.png, before_after.png, the LoRA
 (lora/, loadable by diffusers' FluxKontextPipeline.load_lora_weights), summary.json, and the held-out reward
 before and after RL is printed.

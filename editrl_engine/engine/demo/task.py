@@ -5,8 +5,11 @@ edits (recolor, background) were tried and left out: from character-level text, 
 learn colour names within a few thousand warm-up steps (held-out reward ~0). Three disjoint sets: the
 held-out evaluation tasks (HELDOUT_SEED), the supervised warm-up stream (WARMUP_SEED) and the RL training pool
 (RL_SEED); a training task whose (instruction, source pixels) equals a held-out task's is skipped. The warm-up
-targets are deliberately imperfect: the colour painted in the edit region of each example is offset per
-channel by a uniform integer in [-JITTER, JITTER], drawn from (seed, index).
+data is deliberately imperfect, like an annotator who sometimes does not do the edit: a fixed fraction
+(UNEDITED_FRACTION, chosen per example from (seed, index)) of the warm-up targets is the unedited source. The
+supervised model learns that mix, so some of its samples leave the shape in place; RL against the exact reward
+removes that failure, which supervised training on this data cannot. (Zero-mean colour jitter of the targets was
+tried first: the model learns the mean colour, so it makes no imperfection RL can see.)
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from ...data.synthetic import ShapeTask, make_task
 SIZE = 16                                   # canvas side in pixels
 EDITS = ("remove",)
 MAX_SHAPES = 2
-JITTER = 40                                 # max per-channel offset of a warm-up target colour (0-255 scale)
+UNEDITED_FRACTION = 0.35                    # share of warm-up targets left unedited (the source itself)
 HELDOUT_SEED, WARMUP_SEED, RL_SEED = 9001, 1, 2
 HELDOUT_SIZE = 64                           # evaluation tasks
 RL_POOL_SIZE = 512                          # RL training tasks
@@ -65,26 +68,17 @@ def rl_tasks() -> tuple[ShapeTask, ...]:
     return tuple(training_tasks(RL_SEED, 0, RL_POOL_SIZE))
 
 
-def jitter_offset(seed: int, index: int, jitter: int = JITTER) -> torch.Tensor:
-    """int16 [3]: the per-channel offset of warm-up example `index` of `seed`, each in [-jitter, jitter]."""
-    rng = random.Random(f"editrl-demo-jitter:{seed}:{index}")
-    return torch.tensor([rng.randint(-jitter, jitter) for _ in range(3)], dtype=torch.int16)
+def is_unedited(seed: int, index: int, fraction: float = UNEDITED_FRACTION) -> bool:
+    """Whether warm-up example `index` of `seed` keeps the unedited source as its target."""
+    return random.Random(f"editrl-demo-unedited:{seed}:{index}").random() < fraction
 
 
-def jittered_target(t: ShapeTask, offset: torch.Tensor) -> torch.Tensor:
-    """uint8 [3, H, W]: the exact target with `offset` [3] added (clamped to 0-255) to the colour it paints in
-    the edit region (where source and target differ)."""
-    source, target = t.source_image(), t.target_image()                    # uint8 [3, H, W]
-    region = (source != target).any(dim=0)                                 # bool [H, W]
-    out = target.to(torch.int16)
-    out[:, region] += offset.view(3, 1)
-    return out.clamp(0, 255).to(torch.uint8)
-
-
-def warmup_batch(step: int, batch_size: int, seed: int = WARMUP_SEED, jitter: int = JITTER
+def warmup_batch(step: int, batch_size: int, seed: int = WARMUP_SEED, fraction: float = UNEDITED_FRACTION
                  ) -> tuple[list[ShapeTask], torch.Tensor]:
-    """Warm-up step `step`: its tasks and their jittered targets uint8 [B, 3, H, W] (jitter=0: exact)."""
+    """Warm-up step `step`: its tasks and their targets uint8 [B, 3, H, W], a `fraction` of them unedited
+    (fraction=0: every target exact)."""
     start = step * batch_size
     tasks = training_tasks(seed, start, batch_size)
-    targets = torch.stack([jittered_target(t, jitter_offset(seed, start + i, jitter)) for i, t in enumerate(tasks)])
+    targets = torch.stack([t.source_image() if is_unedited(seed, start + i, fraction) else t.target_image()
+                           for i, t in enumerate(tasks)])
     return tasks, targets
