@@ -60,6 +60,14 @@ def test_mistakes_name_the_key(override, words):
         assert word in str(error.value)
 
 
+def test_a_folder_named_like_a_config_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_config("demo") == load_config(shipped_configs()["demo"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("missing.toml")
+
+
 def test_unknown_config_name_lists_the_shipped_ones(tmp_path):
     with pytest.raises(ConfigError, match="demo"):
         load_config("no-such-config")

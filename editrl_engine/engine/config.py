@@ -207,10 +207,10 @@ def shipped_configs() -> dict[str, Path]:
 
 def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
         return path
+    if path.suffix == ".toml":
+        raise ConfigError(f"config file {path} does not exist")
     shipped = shipped_configs()
     if str(name_or_path) not in shipped:
         raise ConfigError(f"no config {str(name_or_path)!r}: give a .toml file or one of {sorted(shipped)}")
