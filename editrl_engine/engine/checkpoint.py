@@ -18,12 +18,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import write_text_atomic
 
 LATEST = "latest"
 
@@ -45,15 +46,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def staging_dir(out_dir: Path, step: int) -> Path:

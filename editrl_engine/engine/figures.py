@@ -14,14 +14,14 @@ and legend sit in the top margin, so pixels of TRAIN_COLOR / EMA_COLOR / EVAL_CO
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from ..atomic import write_atomic
 
 PAD = 4
 CAPTION_H = 14
@@ -266,16 +266,4 @@ def reward_curve(steps: Sequence[int], rewards: Sequence[float], *, eval_points:
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write a PNG atomically: a temp file in the same folder, fsync'd, then os.replace; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: image.save(handle, format="PNG"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import write_text_atomic
 from .figures import save_png
 
 METRICS_FILE = "metrics.jsonl"
@@ -84,19 +84,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [{k: (math.nan if v is None else v) for k, v in row.items()} for _, row in rows]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
     """A PIL RGB image from PIL or a tensor: uint8 [3, H, W] / [H, W, 3] / [H, W], or float in [0, 1]."""
     if isinstance(image, Image.Image):
@@ -148,7 +135,7 @@ class RunLogger:
         """Rewrite metrics.jsonl atomically keeping only rows with step < start_step (and no broken last line)."""
         rows = _parse_lines(self.metrics_path.read_text(encoding="utf-8"), self.metrics_path)
         kept = [line for line, row in rows if row["step"] < start_step]
-        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     @property
     def tensorboard_on(self) -> bool:

@@ -7,12 +7,13 @@ unexpected key is an error that names it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from ..atomic import write_bytes_atomic
 
 
 def policy_modules(policy) -> dict[str, torch.nn.Module]:
@@ -29,16 +30,7 @@ def save_full_weights(policy, path: str | os.PathLike, parts: Sequence[str] = ("
             raise KeyError(f"the policy has no part {part!r}; it has {sorted(modules)}")
         for name, tensor in _base_state(modules[part]).items():
             state[f"{part}.{name}"] = (tensor.to(dtype) if dtype else tensor).detach().cpu().contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata or {})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = write_bytes_atomic(path, save(state, metadata=metadata or {}))
     return path
 
 

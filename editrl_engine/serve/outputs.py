@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from ..atomic import write_atomic
 
 TILE_MIN = 160                # tiles are upscaled to at least this many pixels wide, so labels fit
 LABEL_HEIGHT = 28
@@ -42,28 +43,10 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a result is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """data as indented JSON (NaN -> null), written atomically."""
     text = json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n"
-    return _atomic(Path(path), lambda handle: handle.write(text.encode()))
+    return write_atomic(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
@@ -79,7 +62,7 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
 
 def write_png_atomic(path: str | os.PathLike, image: torch.Tensor | Image.Image) -> Path:
     picture = to_pil(image)
-    return _atomic(Path(path), lambda handle: picture.save(handle, format="PNG"))
+    return write_atomic(Path(path), lambda handle: picture.save(handle, format="PNG"))
 
 
 def contact_sheet(images: Sequence[torch.Tensor | Image.Image], rewards: Sequence[float],

@@ -15,12 +15,12 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from ...atomic import write_bytes_atomic
 from ...policy.flux_kontext import FluxKontextPolicy, load
 from ...policy.flux_kontext.model import pack
 from . import task as demo_task
@@ -84,22 +84,11 @@ def _lr_factor(step: int, steps: int) -> float:
 def save_checkpoint(policy: FluxKontextPolicy, out_path: str | os.PathLike, metadata: dict[str, str]) -> Path:
     """The shipped modules' weights as safetensors (fp16, the VAE fp32), written atomically (temp file +
     os.replace), with keys '<part>.<name>' as engine.weights.load_full_weights reads them."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     modules = policy.components.modules()
     state = {f"{name}.{key}": value.detach().to("cpu", torch.float32 if name in FP32_PARTS else torch.float16)
              .contiguous() for name in SHIPPED for key, value in modules[name].state_dict().items()}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)                                        # mkstemp makes it owner-only
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_path
+    return write_bytes_atomic(out_path, save(state, metadata=metadata))
 
 
 def pretrain(out_path: str | os.PathLike = CHECKPOINT, steps: int = STEPS, seed: int = 0, *,

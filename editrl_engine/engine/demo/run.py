@@ -8,16 +8,15 @@ before and after RL is printed.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ...atomic import write_json_atomic
 from ..config import load_config
 from ..evaluation import evaluate_policy
 from ..figures import before_after_grid, reward_curve, save_png
@@ -58,7 +57,7 @@ def run_demo(overrides: Sequence[str] = (), *, quiet: bool = False) -> dict:
               "reward_before": before["reward_mean"], "reward_after": after["reward_mean"],
               "gain": after["reward_mean"] - before["reward_mean"], "rl_steps": config.run.steps,
               "seed": config.run.seed, "seconds": time.perf_counter() - start, "run_folder": str(out)}
-    _write_json(out / "summary.json", result)
+    write_json_atomic(out / "summary.json", result)
     say(f"held-out reward: supervised warm-up {result['reward_before']:.3f} -> after RL {result['reward_after']:.3f} "
         f"({result['gain']:+.3f}) in {result['seconds']:.0f} s")
     say(f"run folder: {out} (metrics.jsonl, reward_curve.png, before_after.png, lora/, summary.json)")
@@ -76,10 +75,3 @@ def _copy_lora(source: Path, target: Path) -> None:
     shutil.copytree(source, staging)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
