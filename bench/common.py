@@ -8,6 +8,7 @@ than the spin). On CPU each call is timed with time.perf_counter.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -192,3 +193,24 @@ def write_json_atomic(path: Path, data: dict) -> None:
             os.unlink(tmp.name)
             raise
     os.replace(tmp.name, path)
+
+
+def error_text(exc: BaseException) -> str:
+    """The exception's type and first line, short enough for a table cell and a JSON field."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+@contextlib.contextmanager
+def built_on(device: torch.device, dtype: torch.dtype):
+    """New tensors default to `device` and `dtype` (a 7B model is built on the GPU in bf16, not on the CPU)."""
+    if device.type == "cpu":
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -39,7 +39,6 @@ Prints tables and the targets; writes bench/results/e2e-<device>.json atomically
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -54,8 +53,8 @@ from pathlib import Path
 
 import torch
 
-from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
-                    synchronize, versions, write_json_atomic)
+from common import (RESULTS_DIR, built_on, cpu_busy_fraction, describe_device, error_text, finite_or_none,
+                    format_table, pick_device, synchronize, versions, write_json_atomic)
 from editrl_engine import backends
 from editrl_engine.algo import nft as nft_algo
 from editrl_engine.algo.advantages import AdvantageConfig, step_advantages
@@ -137,29 +136,9 @@ def settings(args: argparse.Namespace, device: torch.device) -> tuple[list[dict]
     return sizes, separate
 
 
-def error_text(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # models and configs
 # ---------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def built_on(device: torch.device, dtype: torch.dtype):
-    """New tensors default to `device` and `dtype` (a 7B reward is built on the GPU in bf16, not on the CPU)."""
-    if device.type == "cpu":
-        yield
-        return
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def build_policy(spec: dict, device: torch.device):
     """The size's flux-kontext policy with random weights (seed 0): a preset, or the medium config built here."""
     from editrl_engine.policy import flux_kontext

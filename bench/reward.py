@@ -30,7 +30,6 @@ Prints a table and the targets; writes bench/results/reward-<device>.json atomic
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -41,8 +40,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
-                    synchronize, versions, write_json_atomic)
+from common import (RESULTS_DIR, built_on, cpu_busy_fraction, describe_device, error_text, finite_or_none,
+                    format_table, pick_device, synchronize, versions, write_json_atomic)
 from editrl_engine.reward import load_reward
 
 SEVEN_B_PRESET = "qwen2.5-vl-7b"               # ModelConfig's defaults: the published 7B sizes
@@ -93,26 +92,6 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     chosen["backends"] = ["eager"] if args.quick else args.backends
     chosen["dtype"] = getattr(torch, chosen["dtype"])
     return chosen
-
-
-def error_text(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
-@contextlib.contextmanager
-def built_on(device: torch.device, dtype: torch.dtype):
-    """New tensors default to `device` and `dtype` (a 7B model is built on the GPU in bf16, not on the CPU)."""
-    if device.type == "cpu":
-        yield
-        return
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def load(kind: str, config: dict, device: torch.device, backend: str = "eager", **options):

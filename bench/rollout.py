@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
-                    synchronize, time_calls, versions, write_json_atomic)
+from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, error_text, finite_or_none, format_table,
+                    pick_device, synchronize, time_calls, versions, write_json_atomic)
 from editrl_engine.policy import attention, samplers
 
 DEFAULTS = {  # per device type: model preset, dtype, image sizes, images per rollout (per size), repeats
@@ -113,11 +113,6 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
         chosen["batch"] = {s: args.batch or QUICK["batch"] for s in chosen["sizes"]}
         chosen["attention"] = [b for b in ("sdpa", "math") if b in args.attention] or args.attention[:1]
     return chosen
-
-
-def error_text(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 # ---------------------------------------------------------------------------------------------------------
