@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from editrl_engine.engine.demo import evaluate, pretrain, task as demo_task
+from editrl_engine.engine.demo import pretrain, task as demo_task
+
+from . import demo_reference as evaluate
 from editrl_engine.engine.demo.run import run_demo
 
 

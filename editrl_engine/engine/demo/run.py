@@ -23,7 +23,7 @@ from ..figures import before_after_grid, reward_curve, save_png
 from ..metrics import read_metrics
 from ..tasks import TaskSet
 from ..trainer import Trainer, build_policy, build_reward
-from .evaluate import EVAL_SEED
+from .task import EVAL_SEED
 
 
 def run_demo(overrides: Sequence[str] = (), *, quiet: bool = False) -> dict:

@@ -28,6 +28,8 @@ UNEDITED_FRACTION = 0.35                    # share of warm-up targets left uned
 HELDOUT_SEED, WARMUP_SEED, RL_SEED = 9001, 1, 2
 HELDOUT_SIZE = 64                           # evaluation tasks
 RL_POOL_SIZE = 512                          # RL training tasks
+EVAL_STEPS = 8                              # Euler steps of the held-out evaluation
+EVAL_SEED = 12345                           # held-out sample i starts from the noise of seed EVAL_SEED + i
 
 
 def task(seed: int, index: int) -> ShapeTask:
