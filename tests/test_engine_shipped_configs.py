@@ -43,5 +43,9 @@ def test_group_scoring_equals_flat_scoring():
     edited = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows)
     grouped = score_job(reward, job)
-    flat = reward.score(sources, [r.instruction for r in rows], list(edited))
+    assert all(r.requirement for r in rows)                     # synthetic rows carry a task requirement ...
+    flat = reward.score(sources, [r.instruction for r in rows], list(edited),
+                        requirements=[r.requirement for r in rows])
     torch.testing.assert_close(grouped.rewards, flat.reward, rtol=1e-5, atol=1e-6)
+    plain = reward.score(sources, [r.instruction for r in rows], list(edited))
+    assert not torch.allclose(plain.reward, flat.reward)          # ... and it reaches the judge's prompt

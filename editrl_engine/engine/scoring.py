@@ -51,13 +51,19 @@ def score_job(reward, job: ScoreJob) -> ScoredJob:
     start = time.perf_counter()
     images = list(job.edited)
     options = reward_options(reward, job.rows)
+    # the logit reward's prompt carries each task's requirement from the manifest (UniWorld-V2's task requirement)
+    with_requirements = getattr(reward, "kind", None) == "mllm_logit" and any(r.requirement for r in job.rows)
     if hasattr(reward, "score_groups") and not options:
         starts = [i for i in range(len(images)) if i == 0 or job.rows[i].id != job.rows[i - 1].id
                   or job.instructions[i] != job.instructions[i - 1]]
         bounds = starts + [len(images)]
+        if with_requirements:
+            options = {"requirements": [job.rows[i].requirement for i in starts]}
         batch = reward.score_groups([job.sources[i] for i in starts], [job.instructions[i] for i in starts],
-                                    [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+                                    [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])], **options)
     else:
+        if with_requirements:
+            options = {**options, "requirements": [r.requirement for r in job.rows]}
         batch = reward.score(job.sources, job.instructions, images, **options)
     rewards = batch.reward.detach().float().cpu()
     return ScoredJob(job.sample_ids, rewards, batch.details, int(batch.failures), time.perf_counter() - start)
