@@ -214,3 +214,24 @@ def built_on(device: torch.device, dtype: torch.dtype):
             yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def busy_note(busy: float) -> str:
+    """The note a benchmark records about the machine's load just before it ran."""
+    return (f"CPU busy {100 * busy:.0f} % just before the run (others' load)"
+            + (": timings are noisier and slower than on an idle machine" if busy > 0.1 else ": idle"))
+
+
+def results_file(out: Path | None, benchmark: str, device_slug: str) -> Path:
+    """--out as given when it names a .json file; else <out or bench/results>/<benchmark>-<device>.json."""
+    out = out or RESULTS_DIR
+    return out if out.suffix == ".json" else out / f"{benchmark}-{device_slug}.json"
+
+
+def print_targets(targets: list[dict], fmt: Callable[[float | None], str]) -> None:
+    """The targets block every benchmark ends its table with: PASS / FAIL / not evaluated, measured, required."""
+    print("\ntargets:")
+    for t in targets:
+        verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
+        print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
+              + (f" - {t['note']}" if t.get("note") else ""))

@@ -53,8 +53,8 @@ from pathlib import Path
 
 import torch
 
-from common import (RESULTS_DIR, built_on, cpu_busy_fraction, describe_device, error_text, finite_or_none,
-                    format_table, pick_device, synchronize, versions, write_json_atomic)
+from common import (built_on, busy_note, cpu_busy_fraction, describe_device, error_text, finite_or_none,
+                    format_table, pick_device, print_targets, results_file, synchronize, versions, write_json_atomic)
 from editrl_engine import backends
 from editrl_engine.algo import nft as nft_algo
 from editrl_engine.algo.advantages import AdvantageConfig, step_advantages
@@ -528,13 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("CPU run with tiny / medium models: the GPU sizes (FLUX-Kontext-sized policy, 7B-sized reward) "
                      "are not measured here; CPU numbers say little about them")
     if busy is not None:
-        notes.append(f"CPU busy {100 * busy:.0f} % just before the run (others' load)"
-                     + (": timings are noisier and slower than on an idle machine" if busy > 0.1 else ": idle"))
+        notes.append(busy_note(busy))
     if args.quick:
         notes.append("--quick: a smoke run (tiny model, 1 timed step per loop); its numbers are not a benchmark")
     device_info = describe_device(device)
-    out = args.out or RESULTS_DIR
-    out = out / f"e2e-{device_info['slug']}.json" if out.suffix != ".json" else out
+    out = results_file(args.out, "e2e", device_info["slug"])
     report = finite_tree({
         "benchmark": "e2e", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_info, "versions": versions(), "cpu_busy_fraction": busy,
@@ -556,11 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nseparate reward rank (2 processes):")
         print(separate_table(report["separate"]))
     print("\n".join(f"note: {note}" for note in notes))
-    print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
-        print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
-              + (f" - {t['note']}" if t["note"] else ""))
+    print_targets(report["targets"], fmt)
     print(f"\nwrote {out}")
     return 0
 

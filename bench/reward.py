@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import (RESULTS_DIR, built_on, cpu_busy_fraction, describe_device, error_text, finite_or_none,
-                    format_table, pick_device, synchronize, versions, write_json_atomic)
+from common import (built_on, busy_note, cpu_busy_fraction, describe_device, error_text, finite_or_none,
+                    format_table, pick_device, print_targets, results_file, synchronize, versions, write_json_atomic)
 from editrl_engine.reward import load_reward
 
 SEVEN_B_PRESET = "qwen2.5-vl-7b"               # ModelConfig's defaults: the published 7B sizes
@@ -271,14 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("CPU run with the tiny model: the GPU targets are not evaluated on CPU (tiny model); its "
                      "numbers say nothing about a 7B model on a GPU")
     if busy is not None:
-        notes.append(f"CPU busy {100 * busy:.0f} % just before the run (others' load)"
-                     + (": timings are noisier and slower than on an idle machine" if busy > 0.1 else ": idle"))
+        notes.append(busy_note(busy))
     if args.quick:
         notes.append("--quick: a smoke run (tiny model, 1-3 calls per row, eager only); its numbers are not a "
                      "benchmark")
     device_info = describe_device(device)
-    out = args.out or RESULTS_DIR
-    out = out / f"reward-{device_info['slug']}.json" if out.suffix != ".json" else out
+    out = results_file(args.out, "reward", device_info["slug"])
     report = {
         "benchmark": "reward", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_info, "versions": versions(), "cpu_busy_fraction": finite_or_none(busy),
@@ -297,11 +295,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{config['image_size']}² images, G = {config['group']}")
     print(rows_table(rows))
     print("\n".join(f"note: {note}" for note in notes))
-    print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
-        print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
-              + (f" - {t['note']}" if t["note"] else ""))
+    print_targets(report["targets"], fmt)
     print(f"\nwrote {out}")
     return 0
 

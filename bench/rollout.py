@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, error_text, finite_or_none, format_table,
-                    pick_device, synchronize, time_calls, versions, write_json_atomic)
+from common import (cpu_busy_fraction, describe_device, error_text, finite_or_none, format_table, pick_device,
+                    print_targets, results_file, synchronize, time_calls, versions, write_json_atomic)
 from editrl_engine.policy import attention, samplers
 
 DEFAULTS = {  # per device type: model preset, dtype, image sizes, images per rollout (per size), repeats
@@ -404,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     loaders = run_loaders(16 if args.quick else args.loader_images, args.quick, log) if args.loader_images else []
 
     device_info = describe_device(device)
-    out = args.out or RESULTS_DIR
-    out = out / f"rollout-{device_info['slug']}.json" if out.suffix != ".json" else out
+    out = results_file(args.out, "rollout", device_info["slug"])
     previous = None
     if args.merge and out.exists():
         previous = json.loads(out.read_text())
@@ -450,11 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nloaders (CPU decode + resize):")
         print(loader_table(loaders))
     print("\n".join(f"note: {note}" for note in notes))
-    print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
-        print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
-              + (f" - {t['note']}" if t.get("note") else ""))
+    print_targets(report["targets"], fmt)
     print(f"\nwrote {out}")
     return 0
 

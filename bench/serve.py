@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (RESULTS_DIR, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
-                    versions, write_json_atomic)
+from common import (busy_note, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
+                    print_targets, results_file, versions, write_json_atomic)
 
 SEVEN_B_PRESET = "qwen2.5-vl-7b"
 DEFAULTS = {
@@ -280,13 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("CPU run with the tiny model: the H100 targets are not evaluated on CPU (tiny model); its "
                      "numbers say nothing about a 7B model on a GPU")
     if busy is not None:
-        notes.append(f"CPU busy {100 * busy:.0f} % just before the run (others' load)"
-                     + (": timings are noisier and slower than on an idle machine" if busy > 0.1 else ": idle"))
+        notes.append(busy_note(busy))
     if args.quick:
         notes.append("--quick: a smoke run (tiny model, a few requests per row); its numbers are not a benchmark")
     device_info = describe_device(device)
-    out = args.out or RESULTS_DIR
-    out = out / f"serve-{device_info['slug']}.json" if out.suffix != ".json" else out
+    out = results_file(args.out, "serve", device_info["slug"])
     rows.sort(key=lambda r: MODES.index(r["mode"]))
     for r in rows:
         r.update({k: finite_or_none(v) for k, v in r.items() if isinstance(v, float)})
@@ -315,11 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"note: {note}" for note in notes))
     print(f"\nnothing lost: {'yes' if nothing_lost else 'NO'} (every request answered once; server accepted == "
           f"answered after each row and after the drained shutdown)")
-    print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
-        print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
-              + (f" - {t['note']}" if t["note"] else ""))
+    print_targets(report["targets"], fmt)
     print(f"\nwrote {out}")
     return 0 if nothing_lost else 1
 
