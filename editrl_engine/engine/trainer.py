@@ -280,8 +280,8 @@ class Trainer:
             if part_valid == 0:
                 continue                                    # every sample filtered: no gradient, no optimizer step
             backward = nft_backward if cfg.algo.name == "nft" else grpo_backward
-            part_stats = backward(self.policy, rollout, advantages, valid, rows, part_valid, cfg, self.backend,
-                                  grad_scale=place.policy_world if self.fsdp else 1.0)
+            part_stats = backward(self.policy, rollout, advantages, valid, valid_host, rows, part_valid, cfg,
+                                  self.backend, grad_scale=place.policy_world if self.fsdp else 1.0)
             if not self.fsdp:                               # FSDP2 reduce-scatters in backward
                 all_reduce_gradients(self.params, place)
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0

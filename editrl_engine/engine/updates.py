@@ -4,7 +4,7 @@ Losses go through the fused ops (algo.nft.loss, algo.grpo.loss). Each micro-batc
 rows) is weighted by its valid rows / the valid rows of the whole global batch part / the number of trained
 timesteps, so after the all-reduce (a sum over ranks) the gradient is that of the global mean, whatever the
 number of ranks or the micro-batch size (grad_scale = the number of ranks under FSDP2, whose reduce-scatter
-averages). Nothing here reads a device value.
+averages). Nothing here reads a device value: the valid mask comes in already on the host (valid_host).
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def nft_timesteps(rollout: LocalRollout, config: TrainConfig, device) -> tuple[t
     return torch.stack(ts).to(device), torch.stack(noises).to(device)
 
 
-def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
-                 part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0) -> dict[str, float]:
+def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor,
+                 valid_host: list[bool], rows: list[int], part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0) -> dict[str, float]:
     """Accumulate gradients of the NFT loss over local `rows` (advantages, valid: [n] local). Per micro-batch of b
     rows, the old-adapter (and reference) velocities of all K timesteps come from one no-grad call of K * b rows;
     then each timestep's forward and backward with the current adapter."""
@@ -50,7 +50,6 @@ def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid:
     t_all, noise_all = nft_timesteps(rollout, config, policy.device)            # [n, K], [n, K, L, C]
     K = t_all.shape[1]
     r = nft_algo.optimality(advantages, cfg, backend=backend)                   # [n]
-    valid_host = valid.tolist()
     policy_term = torch.zeros((), device=policy.device)
     for mb in _micro_batches(rows, config.optim.micro_batch):
         n_valid = sum(valid_host[i] for i in mb)
@@ -80,7 +79,8 @@ def nft_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid:
     return {"nft_policy_loss": policy_term}
 
 
-def grpo_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor, rows: list[int],
+def grpo_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid: torch.Tensor,
+                  valid_host: list[bool], rows: list[int],
                   part_valid: float, config: TrainConfig, backend=None, grad_scale: float = 1.0
                   ) -> dict[str, torch.Tensor]:
     """Accumulate gradients of the Flow-GRPO loss over local `rows` and the trained SDE steps."""
@@ -95,7 +95,6 @@ def grpo_backward(policy, rollout: LocalRollout, advantages: torch.Tensor, valid
         allowed = set(grpo_algo.trained_steps(config.sampling.num_steps, cfg))
         trained = [k for k, s in enumerate(step_index) if s in allowed]
     K = len(trained)
-    valid_host = valid.tolist()
     totals = {"clipfrac": torch.zeros((), device=policy.device), "approx_kl": torch.zeros((), device=policy.device)}
     for k in trained:
         sigma, sigma_next = float(data["sigma"][k]), float(data["sigma_next"][k])
