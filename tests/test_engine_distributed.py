@@ -3,6 +3,8 @@ batch (gradients really all-reduced through the fused losses), and a separate re
 colocated scoring while every reward is used exactly once."""
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
 import socket
 import time
@@ -21,6 +23,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str], algo: str, result_dir: str):
+    faulthandler.enable()               # a crash in a rank prints every thread's Python stack to the test's stderr
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -33,7 +36,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
         state.update(params=[full(p) for p in trainer.params], uses=dict(trainer.ledger.uses),
                      history=trainer.history)
     torch.save(state, os.path.join(result_dir, f"rank-{rank}.pt"))
-    trainer.placement.close()
+    placement = trainer.placement
+    del trainer, state                  # the sharded modules hold the process groups: drop them before closing
+    gc.collect()
+    placement.close()
 
 
 def launch(world: int, tmp_path, overrides=(), algo="nft") -> list[dict]:

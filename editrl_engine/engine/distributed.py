@@ -67,8 +67,13 @@ class Placement:
             dist.barrier(group=self.policy_group)
 
     def close(self) -> None:
+        """Every rank calls this once at the end: a barrier (no rank tears its groups down while another may still
+        be in a collective with it), then the process groups go before the interpreter shuts down (gloo's worker
+        threads must not outlive it)."""
         if self.initialized_here and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
+            self.initialized_here = False
 
 
 def _device(requested: str, local_rank: int) -> torch.device:
