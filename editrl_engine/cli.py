@@ -126,8 +126,9 @@ def _run_train(args: argparse.Namespace) -> None:
         print(dump_toml(config), end="")
         return
     trainer = Trainer(config)
-    summary = trainer.train(resume=args.resume)
-    trainer.placement.close()                         # after a failure torchrun stops the other ranks instead
+    summary, placement = trainer.train(resume=args.resume), trainer.placement
+    del trainer                                        # it holds the process groups; close() needs them unreferenced
+    placement.close()                                  # after a failure torchrun stops the other ranks instead
     if summary.get("role") == "policy" and int(__import__("os").environ.get("RANK", "0")) == 0:
         last = summary["last"]
         print(f"step {summary['step']}: reward {last.get('reward_mean', float('nan')):.4f}, "

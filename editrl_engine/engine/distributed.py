@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 
 import torch
@@ -67,13 +68,15 @@ class Placement:
             dist.barrier(group=self.policy_group)
 
     def close(self) -> None:
-        """Every rank calls this once at the end: a barrier (no rank tears its groups down while another may still
-        be in a collective with it), then the process groups go before the interpreter shuts down (gloo's worker
-        threads must not outlive it)."""
+        """Every rank calls this once at the end, after dropping its trainer: a barrier (no rank tears its groups
+        down while another may still be in a collective with it), then every group's backend is shut down now,
+        while the interpreter lives, rather than when the last reference goes at exit. The garbage collection first
+        frees the modules' reference cycles that hold groups (torch's DTensor caches may still hold FSDP2's mesh)."""
         if self.initialized_here and dist.is_initialized():
+            gc.collect()
             dist.barrier()
             dist.destroy_process_group()
-            self.initialized_here = False
+            self.policy_group, self.pair_groups, self.initialized_here = None, {}, False
 
 
 def _device(requested: str, local_rank: int) -> torch.device:
