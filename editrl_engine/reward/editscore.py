@@ -7,7 +7,7 @@ Avg@K: K sampled passes (temperature 0.7, top-p 0.9, top-k 20), pass i seeded wi
 reproducible; greedy=True gives one deterministic pass. A pass whose answers cannot be parsed (or lie out of
 range) is left out of the mean and counted; a sample none of whose passes parsed is NaN and a failure.
 Generation is batched over samples and both calls (left padding); images are capped like mllm_logit's.
-score_groups(): the SC prefix shared by a group's candidates is prefilled once (editscore_groups.py).
+score_groups(): the SC prefix shared by a group's candidates is prefilled once (group_generation.py).
 EditScore checkpoints are LoRA adapters on Qwen2.5-VL: `lora=` loads one with peft and merges it once.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from editrl_engine.vlm import VLM
 from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
-from . import editscore_groups
 from . import editscore_prompts as prompts
+from . import group_generation
 from .base import RewardBatch, RewardModel, check_triples
 from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores
 
@@ -117,7 +117,7 @@ class EditScoreReward(RewardModel):
                      avg_k: int | None = None) -> RewardBatch:
         """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]). The SC prompt's shared
         prefix (system, instruction, source image) is prefilled once per group and its KV cache reused for every
-        candidate and pass (editscore_groups.py); the PQ calls (nothing shared but the system text) run batched as
+        candidate and pass (group_generation.py); the PQ calls (nothing shared but the system text) run batched as
         in score(). One RewardBatch over all candidates, group-major; greedy, it equals score() on the flattened
         triples (sampled passes are seeded and reproducible, but draw differently). Without a vlm (a generate_fn
         judge) it is score() on the flattened triples."""
@@ -131,8 +131,10 @@ class EditScoreReward(RewardModel):
             return self.score(flat_sources, flat_instructions, flat_edited, avg_k=avg_k)
         num_passes = self._num_passes(avg_k)
         decodings = [self.decoding(p) for p in range(num_passes)]
-        sc = editscore_groups.sc_answers(self, list(sources), list(instructions), [list(g) for g in candidates],
-                                         decodings)                                  # [K][N]
+        sc = group_generation.answers(self.vlm, self.image_size, self.batch_size,
+                                      [prompts.sc_prefix(i) for i in instructions], list(sources),
+                                      prompts.sc_suffix(int(self.max_score)), [list(g) for g in candidates],
+                                      decodings)                                     # [K][N]
         pq_calls = [c for c in self.calls(flat_sources, flat_instructions, flat_edited) if c.kind == "pq"]
         pq = [self.generate(pq_calls, d) for d in decodings]                         # [K][N]
         answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(num_passes)]  # [K][2N]

@@ -30,13 +30,16 @@ PRINCIPLES_TEMPLATE = (                                  # slot: instruction
     'artifacts). Answer with JSON only: {{"principles": [{{"kind": "follow", "text": "..."}}, '
     '{{"kind": "keep", "text": "..."}}, {{"kind": "quality", "text": "..."}}]}}' + _TAIL
 )
-VERDICT_TEMPLATE = (                                     # slots: instruction, numbered principle lines
-    f"{_HEAD}This is the original image: {IMAGE}\nThe editing instruction is: {{}}\nThe principles are:\n{{}}"
-    f"This is the edited image: {IMAGE}\nCheck the edited image against each principle in turn. Think step by "
-    "step first, then give each principle a verdict (pass, partial or fail) and a score from 0 to 10, and the "
-    'edit a final score from 0 to 10. Answer with JSON only: {{"reasoning": "...", "verdicts": [{{"id": 1, '
-    '"verdict": "pass", "score": 9, "reason": "..."}}], "final_score": 8}}' + _TAIL
+VERDICT_SHARED = (                                       # slots: instruction, numbered principle lines
+    f"{_HEAD}The editing instruction is: {{}}\nThe principles are:\n{{}}This is the original image: {IMAGE}"
 )
+VERDICT_CANDIDATE = (                                    # the edited image first
+    f"\nThis is the edited image: {IMAGE}\nCheck the edited image against each principle in turn. Think step by "
+    "step first, then give each principle a verdict (pass, partial or fail) and a score from 0 to 10, and the "
+    'edit a final score from 0 to 10. Answer with JSON only: {"reasoning": "...", "verdicts": [{"id": 1, '
+    '"verdict": "pass", "score": 9, "reason": "..."}], "final_score": 8}' + _TAIL
+)
+VERDICT_TEMPLATE = VERDICT_SHARED + VERDICT_CANDIDATE.replace("{", "{{").replace("}", "}}")
 _PREFIX = re.compile(r"^\s*\[?\s*(keep|follow|quality)\s*\]?\s*[:\-]\s*(.+)$", re.IGNORECASE | re.DOTALL)
 # a final score written out completely (followed by , } or a newline): proof that a cut-off answer ended later
 _COMPLETE_FINAL = re.compile(r"""final_score["'\u201c\u201d\u2018\u2019]?\s*:\s*["'\u201c\u201d]?[-+.\w]+"""
@@ -87,9 +90,21 @@ def principles_prompt(instruction: str) -> str:
     return PRINCIPLES_TEMPLATE.format(instruction)
 
 
-def verdict_prompt(instruction: str, principles: Sequence[Principle]) -> str:
+def verdict_prefix(instruction: str, principles: Sequence[Principle]) -> str:
+    """The part of the verdict prompt a group's candidates share: system, instruction, principles, source image.
+    It ends on the special token <|vision_end|>, so prefix and suffix tokenize exactly as the whole prompt does."""
     lines = "".join(f"{i}. [{p.kind}] {p.text}\n" for i, p in enumerate(principles, 1))
-    return VERDICT_TEMPLATE.format(instruction, lines)
+    return VERDICT_SHARED.format(instruction, lines)
+
+
+def verdict_suffix() -> str:
+    """The candidate's part of the verdict prompt: its image slot takes the edited image."""
+    return VERDICT_CANDIDATE
+
+
+def verdict_prompt(instruction: str, principles: Sequence[Principle]) -> str:
+    """The verdict prompt; its two image slots take [source, edited]."""
+    return verdict_prefix(instruction, principles) + verdict_suffix()
 
 
 def parse_principles(text: object) -> tuple[tuple[Principle, ...] | None, str | None]:

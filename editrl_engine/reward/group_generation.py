@@ -1,14 +1,15 @@
-"""Shared-prefix generation of the editscore SC answers for groups of candidates (EditScoreReward.score_groups).
+"""Shared-prefix generation for groups of candidates (the judges' score_groups paths: editscore's SC call, the
+verifier's verdict call).
 
-A group's G candidates share (instruction, source), the SC prompt's prefix (editscore_prompts.sc_prefix): it is
-prefilled once per group (prefix_cache.prefill, batch_size groups at a time, left-padded), and every candidate's
-suffix (edited image + questions) is generated on a gathered copy of that KV cache, for every pass; the edited
-images of a chunk are encoded once and reused by every pass. model.generate continues the cache: it gets the
-full ids [prefix row | suffix] and mask, explicit M-RoPE positions (prefix positions, then the suffix's own
-shifted by the prefix's next position: what the whole prompt gets) and the pre-encoded suffix images, and only
-runs the uncached suffix tokens.
+A group's G candidates share a prompt prefix (system, instruction, source image, and for the verifier the
+principles) that ends on the special token <|vision_end|>: it is prefilled once per group (prefix_cache.prefill,
+batch_size groups at a time, left-padded), and every candidate's suffix (edited image + questions) is generated
+on a gathered copy of that KV cache, for every pass; the edited images of a chunk are encoded once and reused by
+every pass. model.generate continues the cache: it gets the full ids [prefix row | suffix] and mask, explicit
+M-RoPE positions (prefix positions, then the suffix's own shifted by the prefix's next position: what the whole
+prompt gets) and the pre-encoded suffix images, and only runs the uncached suffix tokens.
 Sampling: each pass keeps its own RNG stream (seeded with its seed, carried from chunk to chunk), so a pass is
-reproducible; the draws differ from score()'s, whose batches mix SC and PQ calls. Greedy answers equal score()'s.
+reproducible; the draws differ from the flat path's, whose batches are cut differently. Greedy answers equal it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import torch
 
 from editrl_engine.vlm.images import as_rgb_image
 
-from . import editscore_prompts as prompts
 from . import prefix_cache
 
 
@@ -60,35 +60,35 @@ class Continuation:
         return tokenizer.batch_decode(ids[:, self.ids.shape[1]:], skip_special_tokens=True)
 
 
-def sc_answers(reward, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
-               decodings: Sequence) -> list[list[str]]:
-    """[K][N] SC answer texts (K = len(decodings), N = all candidates, group-major)."""
-    vlm, size, step = reward.vlm, reward.image_size, reward.batch_size
+def answers(vlm, image_size: dict, batch_size: int, prefix_texts: Sequence[str], sources: Sequence,
+            suffix_text: str, candidates: Sequence[Sequence], decodings: Sequence) -> list[list[str]]:
+    """[K][N] answer texts (K = len(decodings), N = all candidates, group-major). Group g's prompt is
+    prefix_texts[g] (its one image slot takes sources[g]) + suffix_text (its one image slot takes the candidate).
+    A decoding has `seed` (None: no reseeding, e.g. greedy) and `generate_kwargs()`."""
     model, processor = vlm.model, vlm.processor
-    suffix_text = prompts.sc_suffix(int(reward.max_score))
     devices = [model.device] if model.device.type == "cuda" else []
-    answers = [[] for _ in decodings]
+    texts = [[] for _ in decodings]
     with torch.random.fork_rng(devices=devices):
         states = []
         for decoding in decodings:
             if decoding.seed is not None:
                 torch.manual_seed(decoding.seed)
             states.append(_rng_state(devices))
-        for start in range(0, len(candidates), step):
-            groups = slice(start, start + step)
-            prefix_inputs = processor(text=[prompts.sc_prefix(i) for i in instructions[groups]],
-                                      images=[as_rgb_image(s) for s in sources[groups]], padding=True, size=size,
-                                      return_tensors="pt")                                 # [B, P], left-padded
+        for start in range(0, len(candidates), batch_size):
+            groups = slice(start, start + batch_size)
+            prefix_inputs = processor(text=list(prefix_texts[groups]),
+                                      images=[as_rgb_image(s) for s in sources[groups]], padding=True,
+                                      size=image_size, return_tensors="pt")                # [B, P], left-padded
             prefix = prefix_cache.prefill(model, prefix_inputs)
             rows = [g for g, group in enumerate(candidates[groups]) for _ in group]         # prefix row per candidate
             edited = [as_rgb_image(image) for group in candidates[groups] for image in group]
-            for first in range(0, len(edited), step):
-                part = slice(first, first + step)
+            for first in range(0, len(edited), batch_size):
+                part = slice(first, first + batch_size)
                 suffix = processor(text=[suffix_text] * len(edited[part]), images=edited[part], padding=True,
-                                   size=size, return_tensors="pt")                         # [n, S], left-padded
+                                   size=image_size, return_tensors="pt")                   # [n, S], left-padded
                 continuation = Continuation(model, prefix, prefix_inputs, torch.tensor(rows[part]), suffix)
                 for p, decoding in enumerate(decodings):
                     _set_rng_state(states[p], devices)
-                    answers[p] += continuation.generate(decoding, vlm.tokenizer)
+                    texts[p] += continuation.generate(decoding, vlm.tokenizer)
                     states[p] = _rng_state(devices)
-    return answers
+    return texts
