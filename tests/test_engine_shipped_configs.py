@@ -49,3 +49,27 @@ def test_group_scoring_equals_flat_scoring():
     torch.testing.assert_close(grouped.rewards, flat.reward, rtol=1e-5, atol=1e-6)
     plain = reward.score(sources, [r.instruction for r in rows], list(edited))
     assert not torch.allclose(plain.reward, flat.reward)          # ... and it reaches the judge's prompt
+
+
+def test_manifest_principles_reach_the_verifier_through_its_group_path(monkeypatch):
+    import dataclasses
+
+    from editrl_engine.reward import load_reward
+    reward = load_reward("verifier", preset="tiny", sampling={"max_new_tokens": 8}, batch_size=4)
+    tasks = TaskSet.from_config(load_config(None, ["data.synthetic_tasks=2", "data.image_size=32"]).data)
+    given = [("follow: the shape is gone", "keep: the background"), ("follow: the circle is red",)]
+    rows = [dataclasses.replace(tasks.rows[0], principles=given[0])] * 3 + \
+        [dataclasses.replace(tasks.rows[1], principles=given[1])] * 2
+    sources = [tasks.image(tasks.keys[0])] * 3 + [tasks.image(tasks.keys[1])] * 2
+    edited = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows)
+    calls = []
+    score_groups = reward.score_groups
+    monkeypatch.setattr(reward, "score_groups", lambda *a, **k: calls.append(k) or score_groups(*a, **k))
+    grouped = score_job(reward, job)
+    assert calls == [{"principles": [list(given[0]), list(given[1])]}]      # one call, one principle list per group
+    flat = reward.score(sources, [r.instruction for r in rows], list(edited), principles=[list(r.principles)
+                                                                                           for r in rows])
+    assert [d["answer"] for d in grouped.details] == [d["answer"] for d in flat.details]
+    assert [p["text"] for p in grouped.details[4]["principles"]] == ["the circle is red"]
+    assert all(d["principles_source"] == "given" for d in grouped.details)

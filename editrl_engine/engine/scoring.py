@@ -45,26 +45,34 @@ class ScoredJob:
     seconds: float                               # time spent inside reward.score
 
 
+def task_fields(reward, rows) -> dict[str, list]:
+    """What the manifest tells the reward about each sample's task: the logit reward's prompt carries the task
+    requirement (UniWorld-V2's), the verifier judges against the row's principles (generated where a row has
+    none). Empty when no row has any."""
+    kind = getattr(reward, "kind", None)
+    if kind == "mllm_logit" and any(r.requirement for r in rows):
+        return {"requirements": [r.requirement for r in rows]}
+    if kind == "verifier" and any(r.principles for r in rows):
+        return {"principles": [list(r.principles) or None for r in rows]}
+    return {}
+
+
 def score_job(reward, job: ScoreJob) -> ScoredJob:
     """Run the reward on one job: through its shared-prefix group path when it has one (the job's consecutive
     samples of one task form a group), else one batched score() call."""
     start = time.perf_counter()
     images = list(job.edited)
     options = reward_options(reward, job.rows)
-    # the logit reward's prompt carries each task's requirement from the manifest (UniWorld-V2's task requirement)
-    with_requirements = getattr(reward, "kind", None) == "mllm_logit" and any(r.requirement for r in job.rows)
+    fields = task_fields(reward, job.rows)                                        # per sample, constant per task
     if hasattr(reward, "score_groups") and not options:
         starts = [i for i in range(len(images)) if i == 0 or job.rows[i].id != job.rows[i - 1].id
                   or job.instructions[i] != job.instructions[i - 1]]
         bounds = starts + [len(images)]
-        if with_requirements:
-            options = {"requirements": [job.rows[i].requirement for i in starts]}
         batch = reward.score_groups([job.sources[i] for i in starts], [job.instructions[i] for i in starts],
-                                    [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])], **options)
+                                    [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                                    **{name: [values[i] for i in starts] for name, values in fields.items()})
     else:
-        if with_requirements:
-            options = {**options, "requirements": [r.requirement for r in job.rows]}
-        batch = reward.score(job.sources, job.instructions, images, **options)
+        batch = reward.score(job.sources, job.instructions, images, **options, **fields)
     rewards = batch.reward.detach().float().cpu()
     return ScoredJob(job.sample_ids, rewards, batch.details, int(batch.failures), time.perf_counter() - start)
 
