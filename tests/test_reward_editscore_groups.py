@@ -4,27 +4,15 @@ rewards, and the generation logits to 1e-5), sampled passes are reproducible, an
 included) is computed once per group, not per candidate or pass."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from editrl_engine.reward import editscore_prompts as prompts
 from editrl_engine.reward import load_reward
 from editrl_engine.reward.editscore import EditScoreReward
 
-INSTRUCTIONS = ["make it red", "turn the big blue circle into a small yellow square in the top left corner",
-                "add a cat"]
-SOURCE_SIZES = [(64, 64), (80, 48), (40, 72)]
-EDIT_SIZES = [(64, 64), (56, 84), (96, 40), (72, 72)]
+from .judge_groups import GROUPS, INSTRUCTIONS, SOURCES, cached_generate_calls, step_logits
 
-
-def image(seed: int, size: tuple[int, int]) -> Image.Image:
-    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-SOURCES = [image(i, s) for i, s in enumerate(SOURCE_SIZES)]
-GROUPS = [[image(100 * g + k, EDIT_SIZES[(g + k) % 4]) for k in range(n)] for g, n in enumerate((3, 1, 4))]
 
 
 def flat(groups=GROUPS):
@@ -62,39 +50,20 @@ def test_greedy_group_scoring_equals_flat_scoring(tiny):
 
 def test_the_cached_generation_logits_match_the_whole_prompt(tiny, monkeypatch):
     """Each generate call on the prefix cache, replayed with its step logits, against the whole SC prompts."""
-    model, seen = tiny.vlm.model, []
-    generate = model.generate
-
-    def spy(**kwargs):
-        if "past_key_values" in kwargs:
-            kept = {k: v for k, v in kwargs.items() if k not in ("do_sample", "max_new_tokens", "pad_token_id")}
-            seen.append(dict(kept, past_key_values=_copy(kwargs["past_key_values"])))
-        return generate(**kwargs)
-    monkeypatch.setattr(model, "generate", spy)
-    tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
-    monkeypatch.undo()
+    model = tiny.vlm.model
+    with cached_generate_calls(model, monkeypatch) as seen:
+        tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
     assert len(seen) == 2                                               # 8 candidates in chunks of 4
     sources, instructions, edited = flat()
-    cached = torch.cat([_step_logits(model, **kwargs) for kwargs in seen])                 # [8, steps, V]
+    cached = torch.cat([step_logits(model, **kwargs) for kwargs in seen])                 # [8, steps, V]
     calls = [c for c in tiny.calls(sources, instructions, edited) if c.kind == "sc"]
     whole = []
     for start in range(0, 8, 4):
         part = calls[start:start + 4]
         inputs = tiny.vlm.processor(text=[c.text for c in part], images=[im for c in part for im in c.images],
                                     padding=True, size=tiny.image_size, return_tensors="pt")
-        whole.append(_step_logits(model, **inputs))
+        whole.append(step_logits(model, **inputs))
     torch.testing.assert_close(cached, torch.cat(whole), rtol=1e-5, atol=1e-5)
-
-
-def _copy(cache):
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=[(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
-
-
-def _step_logits(model, **kwargs) -> torch.Tensor:
-    out = model.generate(**kwargs, do_sample=False, max_new_tokens=4, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=0)
-    return torch.stack(out.logits, dim=1)                                 # [B, steps, V]
 
 
 def test_sampled_group_passes_are_seeded_and_reproducible(tiny):

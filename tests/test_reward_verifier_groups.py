@@ -6,30 +6,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from editrl_engine.reward import load_reward
 from editrl_engine.reward import verifier_prompts as vp
 from editrl_engine.reward.verifier import VerifierReward
 
-INSTRUCTIONS = ["make it red", "turn the big blue circle into a small yellow square in the top left corner",
-                "add a cat"]
+from .judge_groups import GROUPS, INSTRUCTIONS, SOURCES, cached_generate_calls, step_logits
+
 PRINCIPLES = [["follow: the object is red", "keep: the background"],
               ["follow: a small yellow square top left", "keep: everything else", "quality: clean edges"],
               ["follow: a cat is there"]]
-SOURCE_SIZES = [(64, 64), (80, 48), (40, 72)]
-EDIT_SIZES = [(64, 64), (56, 84), (96, 40), (72, 72)]
-
-
-def image(seed: int, size: tuple[int, int]) -> Image.Image:
-    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-SOURCES = [image(i, s) for i, s in enumerate(SOURCE_SIZES)]
-GROUPS = [[image(100 * g + k, EDIT_SIZES[(g + k) % 4]) for k in range(n)] for g, n in enumerate((3, 1, 4))]
 
 
 def flat(values, groups=GROUPS) -> list:
@@ -76,20 +64,11 @@ def test_generated_principles_are_drawn_once_per_group_as_in_flat_scoring(tiny):
 def test_the_cached_generation_logits_match_the_whole_prompt(tiny, monkeypatch):
     """Each generate call on the prefix cache, replayed with its step logits, against the whole verdict prompts."""
     vlm = tiny.generate_fn.vlm
-    model, seen = vlm.model, []
-    generate = model.generate
-
-    def spy(**kwargs):
-        if "past_key_values" in kwargs:
-            kept = {k: v for k, v in kwargs.items() if k not in ("do_sample", "max_new_tokens", "pad_token_id",
-                                                                  "eos_token_id", "temperature", "top_p", "top_k")}
-            seen.append(dict(kept, past_key_values=_copy(kwargs["past_key_values"])))
-        return generate(**kwargs)
-    monkeypatch.setattr(model, "generate", spy)
-    tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS, principles=PRINCIPLES)
-    monkeypatch.undo()
+    model = vlm.model
+    with cached_generate_calls(model, monkeypatch) as seen:
+        tiny.score_groups(SOURCES, INSTRUCTIONS, GROUPS, principles=PRINCIPLES)
     assert len(seen) == 2                                               # 8 candidates in chunks of 4
-    cached = torch.cat([_step_logits(model, **kwargs) for kwargs in seen])                 # [8, steps, V]
+    cached = torch.cat([step_logits(model, **kwargs) for kwargs in seen])                 # [8, steps, V]
     prompts = [vp.verdict_prompt(i, vp.as_principles(p)) for i, p in zip(flat(INSTRUCTIONS), flat(PRINCIPLES))]
     images = [[s, e] for s, e in zip(flat(SOURCES), [e for g in GROUPS for e in g])]
     whole = []
@@ -97,19 +76,8 @@ def test_the_cached_generation_logits_match_the_whole_prompt(tiny, monkeypatch):
         inputs = vlm.processor(text=prompts[start:start + 4], images=[im for row in images[start:start + 4]
                                                                        for im in row],
                                padding=True, size=tiny.generate_fn.image_size, return_tensors="pt")
-        whole.append(_step_logits(model, **inputs))
+        whole.append(step_logits(model, **inputs))
     torch.testing.assert_close(cached, torch.cat(whole), rtol=1e-5, atol=1e-5)
-
-
-def _copy(cache):
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=[(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
-
-
-def _step_logits(model, **kwargs) -> torch.Tensor:
-    out = model.generate(**kwargs, do_sample=False, max_new_tokens=4, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=0)
-    return torch.stack(out.logits, dim=1)                                 # [B, steps, V]
 
 
 def test_each_source_image_is_encoded_once_per_group(tiny):
