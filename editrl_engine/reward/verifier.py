@@ -77,23 +77,20 @@ class VLMGenerator:
         return GroupDecoding(self.sampling, self.vlm.tokenizer.eos_token_id)
 
     def _generate(self, inputs, seed: int) -> list[str]:
-        model, s, tokenizer = self.vlm.model, self.sampling, self.vlm.tokenizer
+        model, tokenizer = self.vlm.model, self.vlm.tokenizer
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        sample = s.temperature > 0
-        options = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k) if sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            out = model.generate(**inputs, max_new_tokens=s.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **options)       # [B, S + T]
+            out = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id,
+                                 **self.decoding().generate_kwargs())                  # [B, S + T]
         return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupDecoding:
-    """A Sampling as group_generation.answers takes it."""
+    """A Sampling as model.generate takes it (both the flat and the shared-prefix paths decode through it)."""
     sampling: Sampling
     eos_token_id: int | None
 
