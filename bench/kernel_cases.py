@@ -1,4 +1,4 @@
-"""The cases bench/kernels.py times: each op's realistic shapes, random inputs and byte model.
+"""The cases bench/fused_ops.py times: each op's realistic shapes, random inputs and byte model.
 
 Latent ops run on FLUX latents [B, L, C] (batch x tokens x channels) at 512² and 1024²; the per-sample ops run
 at the sample counts of one epoch at that size (288 = 24 groups x 12 at 512², 4096 = 256 groups x 16 at 1024²).

@@ -1,6 +1,6 @@
 """Autograd Functions of the differentiable fused ops, shared by the triton and cpp backends.
 
-Each compiled backend is a *launcher module* (`editrl_engine.kernels` for Triton, `editrl_engine.cpp_launchers`
+Each compiled backend is a *launcher module* (`editrl_engine.triton_launchers` for Triton, `editrl_engine.cpp_launchers`
 for C++) with the functions below. Latent-sized tensors are passed as 2-D row views [B, D] whose column stride
 is 1 (any row stride); per-sample vectors are contiguous float32 [B]; scalars are Python floats. Launchers
 allocate their outputs, accumulate in float32, and return latent-sized outputs in the dtype of `v` (or `x`).

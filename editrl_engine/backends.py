@@ -48,7 +48,7 @@ def launchers(backend: str) -> ModuleType:
             raise BackendUnavailable(
                 f"backend 'triton' needs the triton package ({_import_reason('triton')[1]}); "
                 "install it with `pip install triton`, or use backend='torch' or 'cpp'")
-        module = "editrl_engine.kernels"
+        module = "editrl_engine.triton_launchers"
     elif backend == "cpp":
         if cpp_module() is None:
             raise BackendUnavailable(

@@ -1,4 +1,4 @@
-"""bench/kernels.py end to end in its --quick mode: it runs, and its JSON report is complete and finite."""
+"""bench/fused_ops.py end to end in its --quick mode: it runs, and its JSON report is complete and finite."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .conftest import required_backends
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "kernels.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "fused_ops.py"
 OPS = {"sde_step", "sde_logprob", "nft_loss", "cfg_combine", "group_advantages", "grpo_loss", "nft_optimality"}
 DIFFERENTIABLE = {"sde_logprob", "nft_loss", "cfg_combine", "grpo_loss"}
 
