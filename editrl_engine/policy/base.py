@@ -58,7 +58,7 @@ class EditPolicy(abc.ABC):
     @abc.abstractmethod
     def encode(self, sources: Sequence, instructions: Sequence[str]) -> Condition:
         """Encode N (source image, instruction) pairs once: text embeddings, source latents, position ids.
-        sources: PIL images or uint8 tensors [3, H, W]."""
+        sources: PIL images, uint8 tensors [3, H, W] or uint8 NumPy arrays [H, W, 3] (vlm/images.py)."""
 
     @abc.abstractmethod
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float | None = None

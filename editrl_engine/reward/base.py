@@ -29,7 +29,7 @@ class RewardBatch:
 
 
 class RewardModel(abc.ABC):
-    """Scores edits; images are PIL images or uint8 tensors [3, H, W]."""
+    """Scores edits; images are PIL images, uint8 tensors [3, H, W] or uint8 NumPy arrays [H, W, 3] (vlm/images.py)."""
 
     kind: str
 

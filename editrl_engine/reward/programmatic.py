@@ -24,13 +24,12 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..data.manifest import EditRow
 from ..data.shapes import PALETTE
 from ..data.synthetic import ShapeTask
+from ..vlm.images import as_uint8_tensor
 from .base import RewardBatch, RewardModel, check_triples
 
 MATCH_TOLERANCE = 32          # per channel; under half the smallest distance between two palette colours (78)
@@ -59,10 +58,10 @@ class ProgrammaticReward(RewardModel):
         resolved = []                                                                # ShapeTask per sample
         images = []                                                                  # uint8 [3, H, W] per sample
         for i in range(n):
-            source = as_uint8_image(sources[i], f"sources[{i}]")
+            source = as_uint8_tensor(sources[i], f"sources[{i}]")
             task = as_task(tasks[i]) if tasks is not None else self._lookup(instructions[i], source, i)
             _check_matches(task, instructions[i], source, f"sample {i}")
-            image = as_uint8_image(edited[i], f"edited[{i}]")
+            image = as_uint8_tensor(edited[i], f"edited[{i}]")
             if tuple(image.shape[1:]) != (task.height, task.width):
                 raise ValueError(f"edited[{i}] is {tuple(image.shape[1:])}, but its task's canvas is "
                                  f"{(task.height, task.width)}")
@@ -137,19 +136,6 @@ def as_task(task: TaskLike) -> ShapeTask:
     if isinstance(task, dict):
         return ShapeTask.from_spec(task)
     raise ValueError(f"a task must be a ShapeTask, an EditRow with a spec or a spec dict, got {type(task).__name__}")
-
-
-def as_uint8_image(image: Any, name: str) -> torch.Tensor:
-    """uint8 [3, H, W] from a uint8 tensor [3, H, W] or a PIL image (converted to RGB)."""
-    if isinstance(image, Image.Image):
-        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name} must be a uint8 tensor [3, H, W] or a PIL image, got {type(image).__name__}")
-    if image.dtype != torch.uint8:
-        raise ValueError(f"{name} must be uint8 (0-255), got {image.dtype}")
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"{name} must be [3, H, W], got {tuple(image.shape)}")
-    return image.cpu()
 
 
 def _check_matches(task: ShapeTask, instruction: str, source: torch.Tensor, name: str) -> None:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import write_atomic
+from ..vlm.images import as_rgb_image
 
 TILE_MIN = 160                # tiles are upscaled to at least this many pixels wide, so labels fit
 LABEL_HEIGHT = 28
@@ -50,14 +51,9 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 
 def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
-    """A PIL RGB image from a uint8 tensor [3, H, W] or a PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if not (isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3
-            and image.shape[0] == 3):
-        raise ValueError(f"an image must be a uint8 tensor [3, H, W] or a PIL image, got {type(image).__name__} "
-                         f"{tuple(getattr(image, 'shape', ()))}")
-    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())                      # [H, W, 3]
+    """A PIL RGB image from a uint8 tensor [3, H, W], a PIL image or a uint8 NumPy array [H, W, 3]
+    (vlm/images.py's as_rgb_image)."""
+    return as_rgb_image(image)
 
 
 def write_png_atomic(path: str | os.PathLike, image: torch.Tensor | Image.Image) -> Path:

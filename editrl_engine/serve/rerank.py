@@ -22,6 +22,7 @@ from PIL import Image
 from ..policy.base import EditPolicy
 from ..policy.samplers import SOLVERS, ode_sample, repeat_for_group
 from ..reward.base import RewardModel
+from ..vlm.images import as_rgb_image, check_image
 from .scoring import best_index, has_group_path, score_groups
 
 
@@ -83,18 +84,17 @@ class RerankResult:
 
 
 def _source_image(source) -> Image.Image | torch.Tensor:
+    """An image path -> its PIL RGB image; an image in any form vlm/images.py accepts (PIL, uint8 tensor [3, H, W],
+    uint8 NumPy array [H, W, 3]) -> checked, a tensor as it is, anything else as a PIL RGB image."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"source image {path} does not exist")
         with Image.open(path) as image:
             return image.convert("RGB")
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, torch.Tensor) and source.dtype == torch.uint8 and source.dim() == 3 and source.shape[0] == 3:
+    if check_image(source, "source", also="an image path") == "tensor":
         return source
-    raise ValueError(f"source must be a PIL image, a uint8 tensor [3, H, W] or an image path, got "
-                     f"{type(source).__name__} {tuple(getattr(source, 'shape', ()))}")
+    return as_rgb_image(source, "source")
 
 
 @torch.no_grad()
@@ -112,7 +112,8 @@ def rerank(policy: EditPolicy, reward: RewardModel, source, instruction: str, n:
            batch_size: int | None = None) -> RerankResult:
     """Sample n edits of (source, instruction) with the policy, score them with the reward, pick the best.
 
-    source: a PIL image, a uint8 tensor [3, H, W] or an image path. Candidate i is drawn from seed + i.
+    source: a PIL image, a uint8 tensor [3, H, W], a uint8 NumPy array [H, W, 3] or an image path.
+    Candidate i is drawn from seed + i.
     batch_size bounds the rows per transformer call while sampling (None: all n at once)."""
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("rerank needs a non-empty instruction")
