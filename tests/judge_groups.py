@@ -23,6 +23,7 @@ def image(seed: int, size: tuple[int, int]) -> Image.Image:
 SOURCES = [image(i, s) for i, s in enumerate(SOURCE_SIZES)]
 GROUPS = [[image(100 * g + k, EDIT_SIZES[(g + k) % 4]) for k in range(n)] for g, n in enumerate((3, 1, 4))]
 
+CACHE_KEYWORDS = ("cache", "past_key_values")          # transformers >= 5.24, and before
 DECODING_KEYS = ("do_sample", "max_new_tokens", "pad_token_id", "eos_token_id", "temperature", "top_p", "top_k")
 
 
@@ -33,9 +34,10 @@ def cached_generate_calls(model, monkeypatch):
     seen, generate = [], model.generate
 
     def spy(**kwargs):
-        if "past_key_values" in kwargs:
+        name = next((n for n in CACHE_KEYWORDS if n in kwargs), None)       # the keyword depends on the version
+        if name is not None:
             kept = {k: v for k, v in kwargs.items() if k not in DECODING_KEYS}
-            seen.append(dict(kept, past_key_values=copy_cache(kwargs["past_key_values"])))
+            seen.append(dict(kept, **{name: copy_cache(kwargs[name])}))
         return generate(**kwargs)
     monkeypatch.setattr(model, "generate", spy)
     try:

@@ -88,7 +88,7 @@ def test_the_prefix_is_computed_once_per_group(tiny):
     hooks = [model.model.visual.register_forward_pre_hook(lambda m, args: patches.append(args[0].shape[0])),
              model.model.language_model.register_forward_pre_hook(
                  lambda m, args, kwargs: decoder_calls.append(
-                     (kwargs["inputs_embeds"].shape[:2], _past(kwargs.get("past_key_values")))), with_kwargs=True)]
+                     (kwargs["inputs_embeds"].shape[:2], _past(_cache_of(kwargs)))), with_kwargs=True)]
     try:
         reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
     finally:
@@ -104,6 +104,11 @@ def test_the_prefix_is_computed_once_per_group(tiny):
     assert len(suffix_starts) == 2 * 3                                   # 2 chunks x 3 passes, on the prefix cache
     pq_starts = fresh[1:]
     assert len(pq_starts) == 2 * 3 and all(rows == 4 for rows, _ in pq_starts)      # PQ: batched as in score()
+
+
+def _cache_of(kwargs: dict):
+    """The KV cache a forward was given: `cache` from transformers 5.24, `past_key_values` before."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 def _past(cache) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from editrl_engine.vlm.images import as_rgb_image
+from editrl_engine.vlm.kv_cache import cache_kwargs
 
 from . import prefix_cache
 
@@ -53,10 +54,10 @@ class Continuation:
 
     @torch.no_grad()
     def generate(self, decoding, tokenizer) -> list[str]:
+        cache = prefix_cache.gather_cache(self.prefix, self.rows, self.model.config)
         ids = self.model.generate(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-                                  past_key_values=prefix_cache.gather_cache(self.prefix, self.rows, self.model.config),
-                                  mm_encoder_outputs={"image": self.images}, **decoding.generate_kwargs(),
-                                  pad_token_id=tokenizer.pad_token_id)
+                                  **cache_kwargs(self.model, cache), mm_encoder_outputs={"image": self.images},
+                                  **decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
         return tokenizer.batch_decode(ids[:, self.ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -18,6 +18,8 @@ import dataclasses
 import torch
 from transformers import DynamicCache
 
+from editrl_engine.vlm.kv_cache import cache_kwargs, output_cache
+
 
 @dataclasses.dataclass
 class Prefix:
@@ -50,7 +52,7 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> Prefix:
     device_mask = mask.to(model.device)
     out = model.model(**_model_inputs(model, inputs), attention_mask=device_mask,
                       position_ids=positions.to(model.device), use_cache=True)
-    return Prefix(cache=out.past_key_values, attention_mask=device_mask, next_position=next_position)
+    return Prefix(cache=output_cache(out), attention_mask=device_mask, next_position=next_position)
 
 
 def gather_cache(prefix: Prefix, rows: torch.Tensor, config) -> DynamicCache:
@@ -69,5 +71,5 @@ def suffix_logits(model, prefix: Prefix, rows: torch.Tensor, inputs: dict[str, t
     mask = torch.cat([prefix.attention_mask.index_select(0, rows.to(model.device)),
                       inputs["attention_mask"].to(model.device)], dim=1)                # [N, P + S]
     out = model(**_model_inputs(model, inputs), attention_mask=mask, position_ids=positions.to(model.device),
-                past_key_values=gather_cache(prefix, rows, model.config), use_cache=True, logits_to_keep=1)
+                **cache_kwargs(model, gather_cache(prefix, rows, model.config)), use_cache=True, logits_to_keep=1)
     return out.logits[:, -1]                                                            # [N, V]
