@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from editrl_engine.engine.config import load_config
 from editrl_engine.engine.demo import pretrain, task as demo_task
 
 from . import demo_reference as evaluate
@@ -38,6 +39,7 @@ def test_demo_numbers_match_an_independent_evaluation(demo):
     out, result = demo
     tasks = list(demo_task.heldout_tasks())[:4]
     policy = pretrain.load_demo_policy()
+    policy.set_attention(load_config("demo").policy.attention)     # the run's kernel: another one moves pixels
     before = evaluate.heldout_rewards(policy, tasks)                        # [4], the warm-up
     assert result["reward_before"] == pytest.approx(before.mean().item(), abs=1e-6)
     policy.transformer.load_lora_adapter(str(out / "lora"), adapter_name="default", prefix="transformer",

@@ -178,6 +178,8 @@ def test_tiny_tokenizer_is_deterministic_and_the_drop_index_is_its_system_prompt
 def test_a_saved_folder_loads_to_the_same_policy(policy, tmp_path):
     policy.pipeline().save_pretrained(tmp_path)
     loaded = qwen_image_edit.load(path=tmp_path, target_area=policy.target_area)
+    for parameter in loaded.transformer.parameters():       # memory-mapped safetensors can sit off the 64-byte
+        parameter.data = parameter.data.clone()             # alignment, which picks another GEMM kernel (1e-7)
     image = source_image(7)
     a, b = policy.encode([image], INSTRUCTIONS[:1]), loaded.encode([image], INSTRUCTIONS[:1])
     x, t = torch.randn(1, *a.latent_shape), torch.tensor([0.4])
