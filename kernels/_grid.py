@@ -14,6 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _interpreter
+
+_interpreter.patch()       # Triton < 3.9's interpreter under NumPy 2 (see _interpreter.py)
+
 PROGRAMS_PER_SM = 8         # (row, chunk) programs per SM on a GPU: one resident wave
 GPU_ROW_BLOCK = 1024        # elements of a latent row per loop step on a GPU
 GPU_VECTOR_BLOCK = 1024     # elements of a per-sample vector per loop step on a GPU
