@@ -90,3 +90,34 @@ def test_auto_on_cuda_bf16_picks_a_fused_kernel():
                                       head_dim=128)
     assert choice.backend != "math"
     assert {"flash", "efficient", "math"} <= set(choice.timings_ms)
+
+
+def test_applying_a_backend_drops_only_diffusers_experimental_notice():
+    """set_attention_backend logs "Attention backends are an experimental feature ..." on every call; apply_backend
+    drops exactly that record of exactly that logger, during the call, and nothing else."""
+    import logging
+
+    from diffusers.models import modeling_utils
+    logger = logging.getLogger(modeling_utils.__name__)
+    notice = "Attention backends are an experimental feature and the API may be subject to change."
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, filters = Collect(level=logging.DEBUG), list(logger.filters)
+    logger.addHandler(handler)
+    try:
+        with attention._without_experimental_notice():
+            logger.warning(notice)
+            logger.warning("another warning of the same logger")
+        assert seen == ["another warning of the same logger"]
+        logger.warning(notice)                                         # outside the call it is diffusers' again
+        assert seen[-1] == notice and logger.filters == filters
+        seen.clear()
+        policy = load_policy("qwen-image-edit", preset="tiny", attention="math")   # legacy Attention modules
+        attention.apply_backend(policy.transformer, "sdpa")
+        assert seen == [] and logger.filters == filters
+    finally:
+        logger.removeHandler(handler)

@@ -201,3 +201,34 @@ def test_load_needs_exactly_one_source():
         load()
     with pytest.raises(ValueError, match="unknown flux-kontext preset"):
         load(preset="huge")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packing_helpers_equal_the_pipelines_static_helpers(dtype):
+    """model.py writes out the pipeline's helpers (so that encoding does not import the pipeline module); they
+    must stay the pipeline's, value for value."""
+    from diffusers import FluxKontextPipeline
+    from diffusers.loaders import FluxLoraLoaderMixin
+    from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift as pipeline_shift
+
+    from editrl_engine.policy.flux_kontext import model
+    generator = torch.Generator().manual_seed(0)
+    for batch, channels, height, width, scale in [(1, 4, 8, 8, 2), (3, 16, 6, 10, 8), (2, 4, 14, 4, 1)]:
+        latents = torch.randn(batch, channels, height, width, generator=generator).to(dtype)
+        packed = model.pack(latents)
+        assert torch.equal(packed, FluxKontextPipeline._pack_latents(latents, batch, channels, height, width))
+        size = (height * scale, width * scale)
+        assert torch.equal(model.unpack(packed, size, scale), FluxKontextPipeline._unpack_latents(packed, *size, scale))
+        assert torch.equal(model.unpack(packed, size, scale), latents)
+        for index in (0, 1):
+            ids = FluxKontextPipeline._prepare_latent_image_ids(None, height // 2, width // 2, "cpu", dtype)
+            ids[:, 0] = index
+            got = model.position_ids(height, width, index, device="cpu", dtype=dtype)
+            assert got.dtype == ids.dtype and torch.equal(got, ids)
+    for tokens in (16, 256, 1024, 4096, 8192):
+        assert model.calculate_shift(tokens) == pipeline_shift(tokens)
+        assert model.calculate_shift(tokens, 64, 2048, 0.3, 1.2) == pipeline_shift(tokens, 64, 2048, 0.3, 1.2)
+    loader = model.lora_loader()
+    assert issubclass(FluxKontextPipeline, loader) and loader is FluxLoraLoaderMixin
+    assert FluxKontextPipeline.save_lora_weights.__func__ is loader.save_lora_weights.__func__
+

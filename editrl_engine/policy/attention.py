@@ -12,10 +12,14 @@ one that runs but disagrees with the math kernel is skipped too. Nothing is assu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import logging
+import re
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -123,6 +127,36 @@ def select_backend(requested: str = "auto", *, device: torch.device | str = "cpu
     return AttentionChoice(backend=chosen, requested=requested, timings_ms=timings, skipped=skipped, probe=probe)
 
 
+class _DropRecords(logging.Filter):
+    """A logging filter that drops the records whose message matches `pattern` and passes every other one."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+@contextlib.contextmanager
+def _without_experimental_notice() -> Iterator[None]:
+    """Within the block, diffusers' "Attention backends are an experimental feature ..." notice is not logged.
+
+    ModelMixin.set_attention_backend logs it on every call, unconditionally, and it is the only public way to route
+    a whole transformer: Qwen-Image's attention modules (the legacy `Attention` class) have no per-module setter,
+    and writing their processors' private `_attention_backend` would skip the backend checks diffusers makes. So
+    the project cannot avoid the notice; it drops exactly that record, on the logger that emits it, for this call;
+    every other record of that logger (and the errors the checks raise) still comes through."""
+    from diffusers.models import modeling_utils
+    logger = logging.getLogger(modeling_utils.__name__)
+    notice = _DropRecords(r"Attention backends are an experimental feature and the API may be subject to change")
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def apply_backend(transformer: torch.nn.Module, backend: str) -> None:
     """Route every attention processor of a diffusers transformer through `backend`.
 
@@ -131,7 +165,7 @@ def apply_backend(transformer: torch.nn.Module, backend: str) -> None:
     from diffusers.models.attention_dispatch import attention_backend
     if backend not in DIFFUSERS_NAMES:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    with attention_backend():
+    with attention_backend(), _without_experimental_notice():
         transformer.set_attention_backend(DIFFUSERS_NAMES[backend])
 
 

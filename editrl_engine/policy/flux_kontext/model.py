@@ -1,8 +1,14 @@
 """FLUX.1-Kontext's modules as one object, and the latent packing and position ids its transformer expects.
 
-Packing follows diffusers' FluxKontextPipeline (whose static helpers we call): a VAE latent [B, C, h, w] becomes
-[B, (h/2)·(w/2), 4C] tokens of 2x2 patches; each token's id is (k, row, col) with k = 0 for the edited image and
-k = 1 for the source image; text tokens have id (0, 0, 0).
+Packing follows diffusers' FluxKontextPipeline: a VAE latent [B, C, h, w] becomes [B, (h/2)·(w/2), 4C] tokens of
+2x2 patches; each token's id is (k, row, col) with k = 0 for the edited image and k = 1 for the source image; text
+tokens have id (0, 0, 0).
+
+pack, unpack, position_ids and calculate_shift are the pipeline's static helpers (_pack_latents, _unpack_latents,
+_prepare_latent_image_ids, calculate_shift) written out, step for step (tests check them against the pipeline's).
+Importing the pipeline's module only for them would import its IP-adapter machinery, and with it
+transformers' CLIPImageProcessor and SiglipImageProcessor, which log a torchvision fallback notice on every run;
+nothing here uses an image encoder. For the same reason lora_loader() is the pipeline's LoRA mixin, not the pipeline.
 """
 from __future__ import annotations
 
@@ -12,26 +18,48 @@ import torch
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
-    """[B, C, h, w] -> [B, (h/2)·(w/2), 4C]."""
-    from diffusers import FluxKontextPipeline
+    """[B, C, h, w] -> [B, (h/2)·(w/2), 4C] (FluxKontextPipeline._pack_latents)."""
     batch, channels, height, width = latents.shape
-    return FluxKontextPipeline._pack_latents(latents, batch, channels, height, width)
+    latents = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(batch, (height // 2) * (width // 2), channels * 4)
 
 
 def unpack(packed: torch.Tensor, image_size: tuple[int, int], vae_scale_factor: int) -> torch.Tensor:
-    """[B, L, 4C] tokens of an image of `image_size` (H, W) pixels -> [B, C, h, w] VAE latents."""
-    from diffusers import FluxKontextPipeline
-    height, width = image_size
-    return FluxKontextPipeline._unpack_latents(packed, height, width, vae_scale_factor)
+    """[B, L, 4C] tokens of an image of `image_size` (H, W) pixels -> [B, C, h, w] VAE latents
+    (FluxKontextPipeline._unpack_latents)."""
+    batch, _, channels = packed.shape
+    height = 2 * (int(image_size[0]) // (vae_scale_factor * 2))            # latent sides, even
+    width = 2 * (int(image_size[1]) // (vae_scale_factor * 2))
+    latents = packed.view(batch, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(batch, channels // 4, height, width)
 
 
 def position_ids(latent_height: int, latent_width: int, image_index: int, device=None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Ids [(h/2)·(w/2), 3] of the packed tokens of an h x w latent: (image_index, row, col)."""
-    from diffusers import FluxKontextPipeline
-    ids = FluxKontextPipeline._prepare_latent_image_ids(None, latent_height // 2, latent_width // 2, device, dtype)
+    """Ids [(h/2)·(w/2), 3] of the packed tokens of an h x w latent: (image_index, row, col)
+    (FluxKontextPipeline._prepare_latent_image_ids, then the image index in column 0)."""
+    rows, cols = latent_height // 2, latent_width // 2
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(rows)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(cols)[None, :]
+    ids = ids.reshape(rows * cols, 3).to(device=device, dtype=dtype)
     ids[:, 0] = image_index
     return ids
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """The scheduler's shift mu, linear in the packed token count (pipeline_flux_kontext.calculate_shift)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return image_seq_len * m + b
+
+
+def lora_loader() -> type:
+    """The class whose save_lora_weights / lora_state_dict FluxKontextPipeline inherits (FluxLoraLoaderMixin):
+    what it writes, FluxKontextPipeline.load_lora_weights reads."""
+    from diffusers.loaders import FluxLoraLoaderMixin
+    return FluxLoraLoaderMixin
 
 
 @dataclasses.dataclass

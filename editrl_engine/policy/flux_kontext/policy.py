@@ -37,8 +37,8 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
 
     @property
     def lora_pipeline_class(self) -> type:
-        from diffusers import FluxKontextPipeline
-        return FluxKontextPipeline
+        from .model import lora_loader     # FluxKontextPipeline's own save_lora_weights, without the pipeline module
+        return lora_loader()
 
     # ---- run options -------------------------------------------------------------------------------------------
     def set_attention(self, requested: str = "auto", image_size: tuple[int, int] | None = None
@@ -143,7 +143,8 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
     def sigmas(self, num_steps: int, cond: Condition) -> torch.Tensor:
         """The pipeline's schedule: linspace(1, 1/n, n) shifted by mu = calculate_shift(target tokens), plus 0."""
         from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+
+        from .model import calculate_shift
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.components.scheduler.config)
         config = scheduler.config
         mu = calculate_shift(cond.latent_shape[0], config.get("base_image_seq_len", 256),
