@@ -1,4 +1,4 @@
-// Classifier-free guidance on token rows [rows, channels] (DESIGN §4): c = u + g (k - u) with k = v_cond,
+// Classifier-free guidance on token rows [rows, channels] (docs/design.md §3): c = u + g (k - u) with k = v_cond,
 // u = v_uncond, g = scale of the row's sample; rescale="norm" gives out = c |k| / max(|c|, 1e-12) per row.
 #include "kernels.h"
 

@@ -1,4 +1,4 @@
-// Group-normalised advantages with low-variance filtering (DESIGN §4). Groups are ragged and unordered;
+// Group-normalised advantages with low-variance filtering (docs/design.md §3). Groups are ragged and unordered;
 // statistics are two-pass (mean, then squared deviations) over finite rewards, in double precision.
 #include "kernels.h"
 

@@ -1,4 +1,4 @@
-// Flow-GRPO's PPO-clipped loss over samples (DESIGN §4): loss, its statistics and the gradient in logp and kl.
+// Flow-GRPO's PPO-clipped loss over samples (docs/design.md §3): loss, its statistics and the gradient in logp and kl.
 // Per-sample vectors [n] are short, so this runs on one thread in double precision.
 #include "kernels.h"
 

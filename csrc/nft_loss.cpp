@@ -1,4 +1,4 @@
-// DiffusionNFT's loss (DESIGN §4) forward and backward in v, and the optimality probability r from advantages.
+// DiffusionNFT's loss (docs/design.md §3) forward and backward in v, and the optimality probability r from advantages.
 // With d = t beta (v - v_old) and base = x_t - x0 - t v_old, the errors are e+ = base - d and e- = base + d.
 #include "kernels.h"
 

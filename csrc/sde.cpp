@@ -1,4 +1,4 @@
-// SDE step and log-probability (DESIGN §4): x_next = a_x x + a_v v + s noise, logp = -c mean((x_next - mu)^2) + d,
+// SDE step and log-probability (docs/design.md §3): x_next = a_x x + a_v v + s noise, logp = -c mean((x_next - mu)^2) + d,
 // Flow-GRPO's KL a_v^2 mean((v - v_ref)^2) / (2 std_t^2), and their gradient in v. Latents [rows, cols].
 #include "kernels.h"
 

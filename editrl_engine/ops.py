@@ -1,4 +1,4 @@
-"""The public fused RL ops (DESIGN §4): argument checks, then dispatch to torch, triton or cpp.
+"""The public fused RL ops (docs/design.md §3): argument checks, then dispatch to torch, triton or cpp.
 
 Every op takes `backend=None | "torch" | "triton" | "cpp"`; None reads EDITRL_BACKEND, else picks triton for
 CUDA tensors and cpp for CPU tensors (editrl_engine.backends). Latents are [B, ...] with any trailing shape and

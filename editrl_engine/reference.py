@@ -1,4 +1,4 @@
-"""Plain-torch reference implementations of the fused RL ops (DESIGN §4).
+"""Plain-torch reference implementations of the fused RL ops (docs/design.md §3).
 
 These are the readable definitions every other backend is tested against. They are differentiable through
 ordinary autograd, run in float64 when given float64 inputs and otherwise accumulate in float32, and serve

@@ -19,7 +19,7 @@ NAN = float("nan")
 
 def loop_advantages(rewards, group_index, num_groups, std="group", eps=1e-4, clip=5.0, filter_std=None,
                     filter_mean=None):
-    """DESIGN §4 group_advantages as a plain Python loop in float64."""
+    """docs/design.md §3 group_advantages as a plain Python loop in float64."""
     r = [float(x) for x in rewards.double()]
     g = [int(i) for i in group_index]
     finite = [math.isfinite(x) for x in r]

@@ -1,4 +1,4 @@
-"""The torch reference (editrl_engine.reference) against DESIGN §4 written out independently here in float64,
+"""The torch reference (editrl_engine.reference) against docs/design.md §3 written out independently here in float64,
 and gradcheck of its differentiable ops. Every fused backend is compared with this reference elsewhere."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def mean_rows(x):
 
 
 def design_sde(x, v, t, tn, a, kind, t_max=None, noise=None, x_next=None, v_ref=None):
-    """DESIGN §4 sde_step / sde_logprob, literally: returns (x_next, logp, kl)."""
+    """docs/design.md §3 sde_step / sde_logprob, literally: returns (x_next, logp, kl)."""
     t, tn = col(t, x), col(tn, x)
     dt = tn - t
     if kind == "flow_grpo":

@@ -1,5 +1,5 @@
 """The RL algorithms on top of `editrl_engine.ops`: the group sampler, step advantages (filtering and prompt
-banning), and the DiffusionNFT and Flow-GRPO objectives. Knows no models and no training loop (DESIGN §2)."""
+banning), and the DiffusionNFT and Flow-GRPO objectives. Knows no models and no training loop (docs/design.md §1)."""
 from __future__ import annotations
 
 from . import grpo, nft

@@ -11,7 +11,7 @@ with cond.select, never re-encoded). Each sample has its own generator (seed bas
 `generators`), which draws its initial noise and then the noise of each of its SDE steps, so a sample depends
 on its seed and its condition only, not on the batch around it. The schedule is the family's (policy.sigmas).
 
-Everything runs under torch.no_grad(); latents, velocities and SDE arithmetic are float32 (DESIGN §3), and
+Everything runs under torch.no_grad(); latents, velocities and SDE arithmetic are float32 (docs/design.md §2), and
 `autocast_dtype` (e.g. torch.bfloat16) wraps only the velocity calls. The step loop reads no device value.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Deterministic flow-matching solver steps: Euler, and DPM-Solver++(2M) in x0 prediction.
 
-Notation (DESIGN §3): x_t = (1 - t) x0 + t eps, v = eps - x0, x0_hat = x_t - t v; t runs from 1 to 0.
+Notation (docs/design.md §2): x_t = (1 - t) x0 + t eps, v = eps - x0, x0_hat = x_t - t v; t runs from 1 to 0.
 Both solvers are linear in the latents, so a step is a few scalar coefficients (computed on the host in
 float64, once per schedule) applied to float32 latents [B, L, C]: no host sync in the step loop.
 
