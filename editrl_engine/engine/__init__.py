@@ -13,6 +13,8 @@
 - checkpoint.py   atomic checkpoint folders
 - weights.py      full-weight safetensors (e.g. the demo's warm-up)
 - evaluation.py   held-out reward
+- watch.py        the gold-judge watch ([eval]): held-out samples scored by the training reward and a gold
+                  judge, and the divergence (reward-hacking) alarm
 - metrics.py, figures.py   JSONL / TensorBoard / progress bar; image grids and curves
 - demo/           the embedded default run (`editrl demo`)
 """

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +169,68 @@ class LogConfig:
     progress: bool = True
 
 
+REWARD_KINDS = ("editscore", "mllm_logit", "verifier", "programmatic")   # reward.KINDS (kept light: no torch here)
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldConfig(RewardConfig):
+    """[eval.gold]: the gold judge of the watch, described like [reward] (a kind with its path / preset / lora /
+    avg_k, or `weights`, a weighted combination of kinds). kind "" = no gold judge: the watch then logs the held-out
+    training reward only and has no alarm."""
+    kind: str = ""
+
+    def __post_init__(self):
+        if self.kind and self.kind not in REWARD_KINDS and not self.weights:
+            raise ConfigError(f"eval.gold.kind must be one of {list(REWARD_KINDS)} (or \"\" for none), got "
+                              f"{self.kind!r}")
+        for name, weight in self.weights.items():
+            if name not in REWARD_KINDS:
+                raise ConfigError(f"eval.gold.weights.{name}: unknown reward kind; choose from {list(REWARD_KINDS)}")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(f"eval.gold.weights.{name} must be a finite number > 0, got {weight!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"eval.gold.dtype must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.avg_k < 1:
+            raise ConfigError(f"eval.gold.avg_k must be >= 1, got {self.avg_k}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.kind or self.weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """[eval]: the gold-judge watch. Every `every` steps (and at step 0) the policy samples the held-out tasks from
+    fixed seeds; the same images are scored by the training reward and by the gold judge; a divergence alarm
+    watches the two (engine/watch.py). every = 0 (the default) turns all of it off."""
+    every: int = 0                         # steps between evaluations (0: off); evaluated before that step's update
+    manifest: str = ""                     # held-out JSONL manifest; "" = [data]'s held-out synthetic tasks
+                                           # (data.eval_tasks from data.eval_seed, kept out of training)
+    tasks: int = 0                         # the first N held-out tasks (0: all of them)
+    samples: int = 1                       # samples per task, each from its own fixed seed
+    seed: int = 1234                       # sample j of task i starts from the noise of seed + i * samples + j
+    steps: int = 0                         # Euler steps (0: sampling.eval_steps)
+    batch_size: int = 0                    # rows per sampling batch (0: sampling.rollout_batch, or all)
+    use_ema: bool = False                  # evaluate the EMA weights (optim.ema_every > 0) instead of the live ones
+    alarm_evals: int = 2                   # K: the alarm fires when the gold reward fell for K consecutive
+    alarm_tolerance: float = 0.01          # evaluations (by more than this) while the training reward rose
+    stop_on_divergence: bool = False       # on the alarm: finish the step, write a checkpoint and stop
+    gold: GoldConfig = GoldConfig()
+
+    def __post_init__(self):
+        for name in ("every", "tasks", "steps", "batch_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("samples", "alarm_evals"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.alarm_tolerance) and self.alarm_tolerance >= 0):
+            raise ConfigError(f"eval.alarm_tolerance must be a finite number >= 0, got {self.alarm_tolerance!r}")
+        if self.stop_on_divergence and not self.gold.enabled:
+            raise ConfigError("eval.stop_on_divergence needs a gold judge: set eval.gold.kind (or eval.gold.weights)")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     run: RunConfig = RunConfig()
@@ -176,6 +243,7 @@ class TrainConfig:
     pipeline: PipelineConfig = PipelineConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
 
     @property
     def staleness(self) -> int:
@@ -186,10 +254,6 @@ class TrainConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.run.out_dir.format(name=self.run.name))
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key and the fix."""
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
         log.log_step(step, {"reward_mean": 0.71, "images_per_s": 12.3, "time_rollout": 1.2})
         log.log_images(step, "candidates", figures.candidate_grid(sources, candidates, rewards))
         log.log_text("checkpoint saved")
+        log.log_warning("the gold reward fell")               # stderr and log.txt, as 'WARNING: ...'
     rows = read_metrics(run_dir / "metrics.jsonl")          # [{"step": 0, "reward_mean": 0.71, ...}, ...]
 
 metrics.jsonl holds one JSON object per step, flushed and fsync'd line by line, NaN / inf written as null.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,6 +179,15 @@ class RunLogger:
         if not self.enabled:
             return
         tqdm.write(message)
+        self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        self._log.flush()
+
+    def log_warning(self, message: str) -> None:
+        """A warning: printed to stderr (above the bar) and appended to out_dir/log.txt as 'WARNING: ...'."""
+        if not self.enabled:
+            return
+        message = f"WARNING: {message}"
+        tqdm.write(message, file=sys.stderr)
         self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self._log.flush()
 

@@ -27,7 +27,7 @@ from ..algo.sampler import GroupSampler
 from ..policy import load_policy
 from ..policy.lora import adapter_state_dict, nft_decay, save_adapter
 from . import checkpoint as ckpt
-from .config import TrainConfig, dump_toml
+from .config import RewardConfig, TrainConfig, dump_toml
 from .distributed import (Placement, all_gather_rows, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                           init_placement)
 from .rollouts import LocalRollout, rollout_step
@@ -45,8 +45,13 @@ def _none_if_negative(x: float) -> float | None:
 
 
 def build_reward(config: TrainConfig, device: torch.device):
+    """The training reward [reward] describes."""
+    return reward_from_section(config.reward, device)
+
+
+def reward_from_section(r: RewardConfig, device: torch.device):
+    """A reward from a [reward]-shaped section ([reward], or the watch's [eval.gold])."""
     from ..reward import load_reward
-    r = config.reward
     kind = dict(r.weights) if r.weights else r.kind
     options = {}
     if r.kind == "editscore" and not r.weights:
@@ -99,7 +104,7 @@ class StopRequested(Exception):
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, placement: Placement | None = None, policy=None, reward=None,
-                 tasks: TaskSet | None = None, eval_tasks: TaskSet | None = None, logger=None):
+                 tasks: TaskSet | None = None, eval_tasks: TaskSet | None = None, logger=None, gold=None):
         if config.algo.name not in ("nft", "grpo"):
             raise ValueError(f"algo.name must be 'nft' or 'grpo', got {config.algo.name!r}")
         if config.staleness > 1:
@@ -107,6 +112,9 @@ class Trainer:
                              "supported")
         if config.algo.name == "grpo" and config.staleness != 0:
             raise ValueError("Flow-GRPO needs on-policy log-probs: set pipeline.staleness = 0 (or -1 for the default)")
+        if config.eval.every > 0:
+            from .watch import check_eval_config
+            check_eval_config(config, tasks_given=eval_tasks is not None)      # before any model is built
         self.config = config
         self.placement = placement or init_placement(config)
         if config.run.threads:
@@ -116,6 +124,9 @@ class Trainer:
         self.tasks = tasks or TaskSet.from_config(config.data)
         self.eval_tasks = eval_tasks
         self._policy, self._reward, self._logger = policy, reward, logger
+        self._gold = gold                                    # the watch's gold judge (else built from [eval.gold])
+        self.watch = None                                    # GoldWatch when eval.every > 0 (built in train())
+        self.stop_reason: str | None = None                  # "divergence": the watch asked the run to stop
         self.ledger = RewardLedger()
         self.backend = config.run.ops_backend or None
         self.stop_signal: int | None = None
@@ -182,6 +193,9 @@ class Trainer:
             self.placement.barrier()
             return {"role": "reward", **stats}
         self.setup()
+        if self.config.eval.every > 0:                       # the gold-judge watch; nothing of it exists otherwise
+            from .watch import GoldWatch
+            self.watch = GoldWatch(self.config, self.placement, tasks=self.eval_tasks, gold=self._gold)
         pending: Pending | None = None
         if resume:
             pending = self.load_latest()
@@ -190,6 +204,8 @@ class Trainer:
             ckpt.write_text_atomic(self.out_dir / "config.toml", dump_toml(self.config))
         scorer = self._make_scorer()
         self.logger                                               # opened at the start step (drops later lines)
+        if self.watch is not None:
+            self.logger.log_text(self.watch.describe())
         total = self.config.run.steps
         self._mark, self._rollout_seconds = time.perf_counter(), 0.0
         last_checkpoint = None
@@ -198,7 +214,8 @@ class Trainer:
                 if pending is None and self.step < total:
                     pending = self._rollout(self.sampler.next_plan(), scorer)
                 while self.step < total:
-                    pending = self._train_step(pending, scorer, total)
+                    watched = self._watch_step(scorer) if self.watch is not None else None
+                    pending = self._train_step(pending, scorer, total, watched)
                     if self._should_stop():
                         last_checkpoint = self.save_checkpoint(pending)
                         raise StopRequested
@@ -206,14 +223,20 @@ class Trainer:
                     if (every and self.step % every == 0) or self.step == total:
                         last_checkpoint = self.save_checkpoint(pending)
             except StopRequested:
-                self.logger.log_text(f"stopped by signal {self.stop_signal} after step {self.step}; checkpoint "
-                                     f"{last_checkpoint}; continue with --resume")
+                if self.stop_signal is None and self.stop_reason == "divergence":
+                    self.logger.log_warning(f"stopped after step {self.step}: the gold judge diverged from the "
+                                            f"training reward (eval.stop_on_divergence); checkpoint {last_checkpoint}; "
+                                            "continue with --resume")
+                else:
+                    self.logger.log_text(f"stopped by signal {self.stop_signal} after step {self.step}; checkpoint "
+                                         f"{last_checkpoint}; continue with --resume")
             finally:
                 scorer.close()
                 self.logger.close()
         self.placement.barrier()
         return {"role": "policy", "step": self.step, "checkpoint": str(last_checkpoint) if last_checkpoint else None,
-                "last": self.history[-1] if self.history else {}, "stopped_by_signal": self.stop_signal}
+                "last": self.history[-1] if self.history else {}, "stopped_by_signal": self.stop_signal,
+                "stopped_on_divergence": self.stop_reason == "divergence"}
 
     def _rollout(self, plan, scorer) -> Pending:
         pending = Pending(rollout_step(self.policy, plan, self.placement.policy_rank, self.config, self.tasks,
@@ -221,7 +244,23 @@ class Trainer:
         self._rollout_seconds += pending.rollout.seconds
         return pending
 
-    def _train_step(self, pending: Pending, scorer, total: int) -> Pending | None:
+    def _watch_step(self, scorer) -> dict | None:
+        """The gold-judge evaluation due before this step's update (None when none is due): its metrics, the alarm's
+        warning, and the request to stop when eval.stop_on_divergence."""
+        watch = self.watch
+        if not watch.due(self.step):
+            return None
+        swap = self._swap_ema() if self.config.eval.use_ema else contextlib.nullcontext()
+        with swap:
+            result = watch.evaluate(self.policy, scorer.submit)
+        self._mark += result.metrics["eval/seconds"]              # not part of the step's time or images/s
+        if result.alarm:
+            self.logger.log_warning(watch.alarm_message(self.step, result))
+            if self.config.eval.stop_on_divergence and self.stop_reason is None:
+                self.stop_reason = "divergence"                    # this step finishes, then checkpoint and stop
+        return result.metrics
+
+    def _train_step(self, pending: Pending, scorer, total: int, watched: dict | None = None) -> Pending | None:
         cfg = self.config
         next_pending = None
         if cfg.staleness == 1 and self.step + 1 < total:     # roll out step k + 1 while step k's rewards arrive
@@ -243,6 +282,8 @@ class Trainer:
             "staleness": cfg.staleness, "lr": self.scheduler.get_last_lr()[0],
             "score_hidden_frac": 1 - waited / score_seconds if score_seconds > 0 else math.nan,
         })
+        if watched:
+            metrics.update(watched)
         self.history.append({"step": self.step, **metrics})       # steps count from 0
         self.logger.log_step(self.step, metrics)
         self._maybe_log_images(pending)
@@ -381,6 +422,7 @@ class Trainer:
                 "optimizer": None if self.fsdp else optimizer, "scheduler": self.scheduler.state_dict(),
                 "ema": ema, "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
                 "history": self.history, "fsdp": self.fsdp,
+                "watch": self.watch.state_dict() if self.watch is not None else None,
             }, stage / "trainer.pt")
             ckpt.write_text_atomic(stage / "config.toml", dump_toml(self.config))
         local = None
@@ -418,6 +460,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.history = state["step"], state["history"]
+        if self.watch is not None:
+            self.watch.load_state_dict(state.get("watch"))
         rank_file = path / f"rank-{self.placement.policy_rank}.pt"
         if not rank_file.is_file():
             raise FileNotFoundError(f"{rank_file} is missing: this checkpoint was written by fewer policy ranks; "
@@ -456,5 +500,6 @@ class Trainer:
                 signal.signal(s, h)
 
     def _should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.device)
+        stop = self.stop_signal is not None or self.stop_reason is not None
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
         return bool(all_reduce_sum(flag, self.placement).item() > 0)
