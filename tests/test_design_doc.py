@@ -15,7 +15,7 @@ FOREIGN = re.compile(r"\bDESIGN §")                       # a design document t
 
 def tracked_files() -> list[Path]:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+                            capture_output=True, text=True, check=True).stdout.splitlines()
     return [ROOT / name for name in listed if Path(name).suffix in SUFFIXES and (ROOT / name).is_file()]
 
 
@@ -35,6 +35,7 @@ def broken_citations(files: dict[str, str], known: set[int]) -> list[str]:
 
 
 def test_the_design_document_has_numbered_sections_in_order():
+    assert DESIGN.is_file(), "docs/design.md is missing"
     numbers = sections(DESIGN.read_text())
     assert numbers and numbers == list(range(1, len(numbers) + 1))
 

@@ -7,8 +7,9 @@ held-out evaluation tasks (HELDOUT_SEED), the supervised warm-up stream (WARMUP_
 (RL_SEED); a training task whose (instruction, source pixels) equals a held-out task's is skipped. The warm-up
 data is deliberately imperfect, like an annotator who sometimes does not do the edit: a fixed fraction
 (UNEDITED_FRACTION, chosen per example from (seed, index)) of the warm-up targets is the unedited source. The
-supervised model learns that mix, so some of its samples leave the shape in place; RL against the exact reward
-removes that failure, which supervised training on this data cannot. (Zero-mean colour jitter of the targets was
+supervised model learns that mix, so some of its samples leave the shape in place. Judged object by object
+(reward/programmatic.py), its samples also damage the un-named shape of every two-shape held-out task: from
+character-level text the model cannot tell which shape is named, so RL cannot yet show a real improvement here. (Zero-mean colour jitter of the targets was
 tried first: the model learns the mean colour, so it makes no imperfection RL can see.)
 """
 from __future__ import annotations
