@@ -19,7 +19,7 @@
 # pluggy iniconfig. torch and triton (and torch's own requirements) are the machine's.
 #
 # PYTHON picks the interpreter (default python3: on the GPU machine, the one with torch; for --list-wheels, run it
-# with /work/venv activated so that the versions pinned are the ones the project is tested with).
+# with the project's test environment activated so that the versions pinned are the ones the project is tested with).
 set -uo pipefail
 export GPU_SUITE_T0="${GPU_SUITE_T0:-$(date +%s.%N)}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
