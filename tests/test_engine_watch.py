@@ -79,8 +79,11 @@ def test_eval_config_defaults_are_off_and_round_trip(tmp_path):
 
 
 def test_the_configs_reward_kinds_are_the_reward_packages():
+    from editrl_engine.engine.config import DTYPE_NAMES
+    from editrl_engine.engine.trainer import DTYPES
     from editrl_engine.reward import KINDS
     assert set(REWARD_KINDS) == set(KINDS)
+    assert set(DTYPE_NAMES) == set(DTYPES)                  # what eval.gold.dtype accepts, the trainer can build
 
 
 @pytest.mark.parametrize("override, words", [

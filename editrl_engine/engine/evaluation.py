@@ -19,6 +19,12 @@ from ..policy.samplers import ode_sample
 from .tasks import TaskSet, reward_options
 
 
+def finite_mean(rewards: torch.Tensor) -> float:
+    """The mean of the finite rewards (NaN: an unparseable answer, left out); NaN when none is finite."""
+    finite = torch.isfinite(rewards)
+    return rewards[finite].mean().item() if finite.any() else math.nan
+
+
 @torch.no_grad()
 def sample_items(policy, tasks: TaskSet, items: Sequence[tuple[int, int]], *, num_steps: int = 8,
                  batch_size: int = 64, guidance: float | None = None,
@@ -48,6 +54,6 @@ def evaluate_policy(policy, reward, tasks: TaskSet, *, num_steps: int = 8, seed:
     batch = reward.score(sources, instructions, list(images), **reward_options(reward, tasks.rows))
     rewards = batch.reward.float().cpu()                                        # [N]
     finite = torch.isfinite(rewards)
-    mean = rewards[finite].mean().item() if finite.any() else math.nan
+    mean = finite_mean(rewards)
     return {"reward_mean": mean, "reward_nan": int((~finite).sum()), "rewards": rewards, "images": images,
             "sources": torch.stack(sources)}

@@ -176,18 +176,16 @@ class RunLogger:
 
     def log_text(self, message: str) -> None:
         """Printed above the bar (tqdm.write) and appended to out_dir/log.txt with a timestamp."""
-        if not self.enabled:
-            return
-        tqdm.write(message)
-        self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-        self._log.flush()
+        self._say(message)
 
     def log_warning(self, message: str) -> None:
         """A warning: printed to stderr (above the bar) and appended to out_dir/log.txt as 'WARNING: ...'."""
+        self._say(f"WARNING: {message}", file=sys.stderr)
+
+    def _say(self, message: str, file=None) -> None:
         if not self.enabled:
             return
-        message = f"WARNING: {message}"
-        tqdm.write(message, file=sys.stderr)
+        tqdm.write(message, file=file)
         self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self._log.flush()
 

@@ -32,7 +32,7 @@ import torch
 
 from .config import EvalConfig, TrainConfig
 from .distributed import Placement, all_gather_rows
-from .evaluation import sample_items
+from .evaluation import finite_mean, sample_items
 from .scoring import ScoreJob, score_job
 from .tasks import TaskSet
 
@@ -112,11 +112,6 @@ def _scalar(value) -> float | None:
     elif isinstance(value, np.generic):
         value = value.item()
     return float(value) if isinstance(value, (bool, int, float)) else None
-
-
-def _finite_mean(rewards: torch.Tensor) -> float:
-    finite = torch.isfinite(rewards)
-    return rewards[finite].mean().item() if finite.any() else math.nan
 
 
 @dataclasses.dataclass
@@ -237,13 +232,13 @@ class GoldWatch:
         gold_scored = score_job(self.gold, job) if self.gold is not None else None      # meanwhile, here
         train_scored = train_future.result()
         train = self._gather(train_scored.rewards.float())                             # [n]
-        metrics = {"eval/train_reward": _finite_mean(train), "eval/train_nan": int((~torch.isfinite(train)).sum())}
+        metrics = {"eval/train_reward": finite_mean(train), "eval/train_nan": int((~torch.isfinite(train)).sum())}
         gold, alarm = None, False
         if gold_scored is not None:
             gold = self._gather(gold_scored.rewards.float())                            # [n]
             details = self._gather_details(gold_scored.details)
             keep = [d for d, r in zip(details, gold.tolist()) if math.isfinite(r)]      # the judged samples
-            metrics["eval/gold_reward"] = _finite_mean(gold)
+            metrics["eval/gold_reward"] = finite_mean(gold)
             metrics["eval/gold_nan"] = int((~torch.isfinite(gold)).sum())
             metrics["eval/gap"] = metrics["eval/train_reward"] - metrics["eval/gold_reward"]
             alarm = self.alarm.update(metrics["eval/train_reward"], metrics["eval/gold_reward"])

@@ -200,14 +200,8 @@ def _plan(task: ShapeTask) -> _Plan:
     target = task.target_image()                                                     # validates the edit too
     edit, shapes = task.edit, list(enumerate(task.shapes))
     before = _owners(task.height, task.width, shapes)                                # [H, W], -1 = background
-    if edit.kind == "remove":
-        after_shapes = [(j, s) for j, s in shapes if j != edit.shape]
-    elif edit.kind == "move":
-        after_shapes = [(j, s.moved_to(edit.cell, task.height, task.width) if j == edit.shape else s)
-                        for j, s in shapes]
-    else:                                                                            # recolor, background
-        after_shapes = shapes
-    after = _owners(task.height, task.width, after_shapes)                           # [H, W]
+    survivors = [j for j, _ in shapes if not (edit.kind == "remove" and j == edit.shape)]   # source indices
+    after = _owners(task.height, task.width, list(zip(survivors, task.edited_scene()[1])))  # [H, W]
     masks, parts = [], []
     if edit.kind == "background":
         masks.append(after < 0)
