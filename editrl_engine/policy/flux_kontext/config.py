@@ -65,22 +65,68 @@ class VaeConfig:
                                  use_post_quant_conv=False, **dataclasses.asdict(self))
 
 
-def byte_level_clip_tokenizer(max_length: int):
-    """A CLIP BPE tokenizer over the 256 byte symbols with no merges: every string gets its own ids."""
+def byte_level_clip_tokenizer(max_length: int, words: tuple[str, ...] = ()):
+    """A CLIP BPE tokenizer over the 256 byte symbols, with merges that make each of `words` (lower-cased, as
+    CLIP reads text) one token; with no words every string is spelled byte by byte."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     symbols = sorted(ByteLevel.alphabet())
     for suffix in ("", "</w>"):
         vocab.update({s + suffix: len(vocab) + i for i, s in enumerate(symbols)})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    merges = _whole_word_merges(words)
+    for pieces in merges:
+        vocab.setdefault("".join(pieces), len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def character_t5_tokenizer(max_length: int):
-    """A T5 unigram tokenizer over printable ASCII characters (ids 0, 1, 2 = pad, </s>, unk as in T5)."""
+def _whole_word_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """BPE merges (in rank order) that turn each lower-cased word of `words`, as CLIP spells it (characters, the
+    last one with '</w>'), into one symbol: merge the first two symbols of the word's current segmentation until
+    one is left, replaying BPE over the merges made so far."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    encode = ByteLevel(add_prefix_space=False)
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        symbols = [piece for piece, _ in encode.pre_tokenize_str(word)][0]
+        while True:
+            pieces = _bpe(list(symbols[:-1]) + [symbols[-1] + "</w>"], merges)
+            if len(pieces) == 1:
+                break
+            merges.append((pieces[0], pieces[1]))
+    return merges
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """CLIP's BPE: merge the lowest-ranked adjacent pair until none of `merges` applies."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
+
+
+# Every word of the synthetic shapes task's instructions (data/synthetic.py: its phrases, colour, kind and cell
+# names; tests/test_policy_flux_kontext_words.py checks the list is complete). The demo's CLIP and T5 tokenizers
+# keep each one whole: from characters and bytes, its 1+1-block model did not learn which shape an instruction
+# names.
+SHAPES_TASK_WORDS = (
+    "Change", "Delete", "Erase", "Make", "Move", "Put", "Recolor", "Remove", "Replace", "background", "black",
+    "blue", "bottom", "center", "circle", "color", "cyan", "from", "gray", "green", "image", "in", "left", "of",
+    "orange", "pink", "purple", "red", "right", "square", "the", "to", "top", "triangle", "white", "with", "yellow",
+)
+
+
+def character_t5_tokenizer(max_length: int, words: tuple[str, ...] = ()):
+    """A T5 unigram tokenizer over printable ASCII characters (ids 0, 1, 2 = pad, </s>, unk as in T5), plus one
+    piece per word of `words` (a word scores above its spelling, so it is one token; other text is spelled)."""
     from transformers import T5Tokenizer
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
     pieces += [(c, -2.0) for c in string.printable.strip()]
+    pieces += [("\u2581" + word, -1.0) for word in words]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
@@ -93,10 +139,11 @@ class ClipTextConfig:
     num_attention_heads: int = 12
     vocab_size: int = 49408
     max_length: int = 77
+    words: tuple[str, ...] = ()                # whole-word tokens of the tokenizer made in code (else bytes)
 
     def build(self, device=None, dtype=None):
         from transformers import CLIPTextConfig, CLIPTextModel
-        tokenizer = byte_level_clip_tokenizer(self.max_length)
+        tokenizer = byte_level_clip_tokenizer(self.max_length, self.words)
         config = CLIPTextConfig(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
                                 num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
                                 vocab_size=self.vocab_size, max_position_embeddings=self.max_length,
@@ -116,10 +163,11 @@ class T5EncoderConfig:
     num_layers: int = 24
     vocab_size: int = 32128
     max_length: int = 512
+    words: tuple[str, ...] = ()                # whole-word pieces of the tokenizer made in code (else characters)
 
     def build(self, device=None, dtype=None):
         from transformers import T5Config, T5EncoderModel
-        tokenizer = character_t5_tokenizer(self.max_length)
+        tokenizer = character_t5_tokenizer(self.max_length, self.words)
         config = T5Config(d_model=self.d_model, d_ff=self.d_ff, d_kv=self.d_kv, num_heads=self.num_heads,
                           num_layers=self.num_layers, vocab_size=self.vocab_size, feed_forward_proj="gated-gelu",
                           is_encoder_decoder=False, use_cache=False)
@@ -176,7 +224,8 @@ PRESETS: dict[str, FluxKontextConfig] = {
     # the embedded demo (engine/demo): 16x16 images; a VAE with 3 latent channels and no downsampling, which
     # engine/demo/vae.py sets to an exact identity autoencoder (latent = pixels; the demo's warm-up checkpoint
     # carries those weights), so 64 tokens of 2x2 patches;
-    # ~0.27 M transformer parameters; T5 tokens for the longest shapes instruction (52 with </s>)
+    # ~0.27 M transformer parameters; word-level CLIP and T5 tokenizers over the shapes task's words (the longest
+    # shapes instruction is 14 CLIP tokens with its start and end tokens)
     "demo": FluxKontextConfig(
         transformer=TransformerConfig(in_channels=12, num_layers=1, num_single_layers=1, attention_head_dim=32,
                                       num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
@@ -184,8 +233,9 @@ PRESETS: dict[str, FluxKontextConfig] = {
         vae=VaeConfig(latent_channels=3, block_out_channels=(8,), layers_per_block=1, norm_num_groups=1,
                       sample_size=16, scaling_factor=1.0, shift_factor=0.0),
         clip=ClipTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                            vocab_size=514, max_length=56),
-        t5=T5EncoderConfig(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1, vocab_size=128, max_length=56),
+                            vocab_size=647, max_length=16, words=SHAPES_TASK_WORDS),
+        t5=T5EncoderConfig(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1, vocab_size=160, max_length=16,
+                           words=SHAPES_TASK_WORDS),
     ),
 }
 
