@@ -168,8 +168,9 @@ def _add_demo(subparsers) -> None:
         "demo", help="the embedded default: a few minutes of DiffusionNFT on the CPU",
         description="Train a tiny Kontext-architecture editor on the synthetic shapes editing task with the exact "
                     "programmatic reward and DiffusionNFT, starting from the shipped supervised warm-up (trained "
-                    "on imperfect data; `editrl pretrain-demo` reproduces it). Prints the held-out reward "
-                    "before and after RL and writes runs/demo/: metrics.jsonl, reward_curve.png, before_after.png, "
+                    "on imperfect data; `editrl pretrain-demo` reproduces it). Prints the held-out reward and the "
+                    "object-level rates (named shape removed, other shape kept) before and after RL and writes "
+                    "runs/demo/: metrics.jsonl, reward_curve.png, before_after.png, "
                     "lora/ (diffusers-loadable) and summary.json. Fixed step counts: a run is reproducible.",
         epilog="Example: editrl demo --set run.seed=1 --set run.out_dir=runs/demo-seed1")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -182,21 +183,24 @@ def _run_pretrain_demo(args: argparse.Namespace) -> None:
 
     from .engine.demo import pretrain as defaults, task
     path = pretrain(args.out, steps=args.steps or defaults.STEPS, seed=args.seed,
-                    fraction=task.UNEDITED_FRACTION if args.unedited_fraction is None else args.unedited_fraction)
+                    ghost=task.GHOST if args.ghost is None else args.ghost)
     print(f"warm-up checkpoint: {path} ({__import__('os').path.getsize(path) / 1e6:.2f} MB)")
 
 
 def _add_pretrain_demo(subparsers) -> None:
     parser = subparsers.add_parser(
         "pretrain-demo", help="reproduce the demo's shipped supervised warm-up checkpoint",
-        description="Supervised flow-matching warm-up of the demo policy on synthetic shapes edits where a fixed "
-                    "share of the targets is deliberately left unedited (so the supervised model sometimes does "
-                    "not edit, which RL against the exact reward then fixes). With the defaults it rebuilds the checkpoint that ships as editrl_engine/engine/demo/warmup.safetensors.")
+        description="Supervised flow-matching warm-up of the demo policy on synthetic shapes edits whose targets "
+                    "are deliberately imperfect: the erased shape stays as a faint ghost a few grey levels from the "
+                    "background (the supervised model copies it; RL against the exact object-level reward then "
+                    "removes it). With the defaults it rebuilds the checkpoint that ships as "
+                    "editrl_engine/engine/demo/warmup.safetensors (about 10 minutes on two cores).")
     parser.add_argument("--out", default="runs/demo-warmup.safetensors", help="where to write the checkpoint")
     parser.add_argument("--steps", type=int, help="training steps (default: those of the shipped checkpoint)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights and noise")
-    parser.add_argument("--unedited-fraction", type=float,
-                        help="share of warm-up targets left unedited (default: the shipped checkpoint's)")
+    parser.add_argument("--ghost", type=int, metavar="LEVELS",
+                        help="grey levels between the erased shape's ghost and the background in the warm-up "
+                             "targets; 0 gives exact targets (default: the shipped checkpoint's)")
     parser.set_defaults(run=_run_pretrain_demo)
 
 

@@ -1,6 +1,6 @@
-"""The embedded demo's pieces: its task sets are fixed and disjoint, the warm-up leaves a fixed share of its
-targets unedited, the VAE reconstructs the images, the shipped warm-up loads and is
-small, and the warm-up's training step lowers the flow-matching loss."""
+"""The embedded demo's pieces: its task sets are fixed and disjoint, the warm-up targets leave a ghost of the
+erased shape (and nothing else differs from the exact target), the VAE reconstructs the images, the shipped
+warm-up loads and is small, and the warm-up's training step lowers the flow-matching loss."""
 from __future__ import annotations
 
 import pytest
@@ -38,16 +38,27 @@ def test_heldout_is_disjoint_from_training():
     assert not held & {demo_task.task_key(t) for t in warmup}
 
 
-def test_warmup_targets_leave_a_fixed_share_unedited():
-    tasks, targets = demo_task.warmup_batch(0, 256)
-    sources = torch.stack([t.source_image() for t in tasks])
-    exact = torch.stack([t.target_image() for t in tasks])
-    unedited = (targets == sources).flatten(1).all(1)                                # [B]
-    assert ((targets == exact).flatten(1).all(1) | unedited).all()                 # each target is one of the two
-    assert abs(unedited.float().mean().item() - demo_task.UNEDITED_FRACTION) < 0.08
-    assert unedited.tolist() == [demo_task.is_unedited(demo_task.WARMUP_SEED, i) for i in range(256)]
-    _, exact_batch = demo_task.warmup_batch(0, 256, fraction=0.0)
-    assert torch.equal(exact_batch, exact)
+def test_warmup_targets_leave_a_ghost_of_the_erased_shape():
+    from editrl_engine.data.shapes import PALETTE
+    from editrl_engine.reward.programmatic import MATCH_TOLERANCE
+    tasks, targets = demo_task.warmup_batch(0, 64)
+    _, exact = demo_task.warmup_batch(0, 64, ghost=0)
+    assert torch.equal(exact, torch.stack([t.target_image() for t in tasks]))
+    for task, target, right in zip(tasks, targets.to(torch.int64), exact.to(torch.int64)):
+        differs = (target != right).any(0)                                            # [H, W]
+        named = task.shapes[task.edit.shape]
+        box = torch.zeros_like(differs)
+        box[named.top: named.top + named.size, named.left: named.left + named.size] = True
+        assert differs.any() and not (differs & ~box).any()                           # only the erased shape
+        background, colour = (torch.tensor(PALETTE[c]) for c in (task.background, named.color))
+        ghost = target[:, differs].T                                                  # [n, 3], one colour
+        assert (ghost == ghost[0]).all()
+        # hand-computed: GHOST levels from the background in the channel where the shape's colour differs most
+        distance = (ghost[0] - background).abs()
+        channel = int((colour - background).abs().argmax())
+        assert int(distance[channel]) == demo_task.GHOST == int(distance.max())
+        assert torch.equal(torch.sign(ghost[0] - background), torch.sign(colour - background) * (distance > 0))
+        assert demo_task.GHOST > MATCH_TOLERANCE                                      # the verifier sees it
 
 
 def test_shipped_checkpoint_loads_and_is_small():
@@ -87,3 +98,18 @@ def test_heldout_reward_is_deterministic():
     first = evaluate.heldout_rewards(policy, tasks, num_steps=2)
     assert first.shape == (6,) and ((first >= 0) & (first <= 1)).all()
     assert torch.equal(first, evaluate.heldout_rewards(policy, tasks, num_steps=2))
+
+
+def test_token_weights_mark_the_patches_that_hold_a_shape():
+    tasks = [demo_task.task(demo_task.WARMUP_SEED, i) for i in range(8)]
+    weights = pretrain.token_weights(tasks, object_weight=10.0)                       # [B, 64]
+    for task, row in zip(tasks, weights):
+        expected = torch.ones(8, 8)
+        for shape in task.shapes:                                                     # hand-computed from boxes
+            mask = torch.zeros(16, 16, dtype=torch.bool)
+            from editrl_engine.data.shapes import shape_mask
+            mask[shape.top: shape.top + shape.size, shape.left: shape.left + shape.size] = \
+                shape_mask(shape.kind, shape.size)
+            for y, x in mask.nonzero().tolist():
+                expected[y // 2, x // 2] = 10.0                                        # token = 2x2 patch, row-major
+        assert torch.equal(row, expected.flatten())

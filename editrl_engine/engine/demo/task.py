@@ -1,31 +1,32 @@
 """The demo's editing task: which shapes edits, on what canvas, and its fixed task sets, all from seeds.
 
-Remove one of 1-2 shapes named by colour and kind on a 16x16 canvas (shapes are 3x3 there). Colour-producing
-edits (recolor, background) were tried and left out: from character-level text, a 1+1-block model did not
-learn colour names within a few thousand warm-up steps (held-out reward ~0). Three disjoint sets: the
-held-out evaluation tasks (HELDOUT_SEED), the supervised warm-up stream (WARMUP_SEED) and the RL training pool
-(RL_SEED); a training task whose (instruction, source pixels) equals a held-out task's is skipped. The warm-up
-data is deliberately imperfect, like an annotator who sometimes does not do the edit: a fixed fraction
-(UNEDITED_FRACTION, chosen per example from (seed, index)) of the warm-up targets is the unedited source. The
-supervised model learns that mix, so some of its samples leave the shape in place. Judged object by object
-(reward/programmatic.py), its samples also damage the un-named shape of every two-shape held-out task: from
-character-level text the model cannot tell which shape is named, so RL cannot yet show a real improvement here. (Zero-mean colour jitter of the targets was
-tried first: the model learns the mean colour, so it makes no imperfection RL can see.)
+Remove one of 1-2 shapes named by colour and kind on a 16x16 canvas (shapes are 3x3 there; the shapes of a scene
+always differ in colour). Three disjoint sets: the held-out evaluation tasks (HELDOUT_SEED, one- and two-shape
+tasks mixed), the supervised warm-up stream (WARMUP_SEED) and the RL training pool (RL_SEED); a training task
+whose (instruction, source pixels) equals a held-out task's is skipped.
+
+The warm-up data is deliberately imperfect, like an annotator with a soft eraser: in every warm-up target the
+erased shape stays as a faint ghost, GHOST grey levels from the background (warmup_target; the exact verifier's
+tolerance is 32, so a ghost is never "removed"). The supervised model copies it, so it names and finds the right
+shape but never removes it cleanly; RL against the exact object-level reward has to finish the edit without
+touching the other shape. Two imperfections were tried first and dropped: leaving a fixed share (15-35 %) of the
+targets unedited made the supervised model mix "removed" and "kept" patch by patch inside one shape (it never
+learnt the edit; at 35 % it also erased the other shape), and zero-mean colour jitter is learnt as its mean.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import random
 
 import torch
 
+from ...data.shapes import render, rgb
 from ...data.synthetic import ShapeTask, make_task
 
 SIZE = 16                                   # canvas side in pixels
 EDITS = ("remove",)
 MAX_SHAPES = 2
-UNEDITED_FRACTION = 0.35                    # share of warm-up targets left unedited (the source itself)
+GHOST = 36                                  # warm-up targets: the erased shape's ghost, in grey levels
 HELDOUT_SEED, WARMUP_SEED, RL_SEED = 9001, 1, 2
 HELDOUT_SIZE = 64                           # evaluation tasks
 RL_POOL_SIZE = 512                          # RL training tasks
@@ -71,17 +72,28 @@ def rl_tasks() -> tuple[ShapeTask, ...]:
     return tuple(training_tasks(RL_SEED, 0, RL_POOL_SIZE))
 
 
-def is_unedited(seed: int, index: int, fraction: float = UNEDITED_FRACTION) -> bool:
-    """Whether warm-up example `index` of `seed` keeps the unedited source as its target."""
-    return random.Random(f"editrl-demo-unedited:{seed}:{index}").random() < fraction
+def ghost_colour(colour: str, background: str, ghost: int = GHOST) -> tuple[int, int, int]:
+    """The colour `ghost` grey levels from the background towards `colour` (in the channel where they differ
+    most; the other channels in proportion)."""
+    bg, fg = torch.tensor(rgb(background)), torch.tensor(rgb(colour))
+    step = (fg - bg).float() / (fg - bg).abs().max()
+    return tuple(int(v) for v in (bg + (ghost * step).round().long()).clamp(0, 255))
 
 
-def warmup_batch(step: int, batch_size: int, seed: int = WARMUP_SEED, fraction: float = UNEDITED_FRACTION
+def warmup_target(t: ShapeTask, ghost: int = GHOST) -> torch.Tensor:
+    """uint8 [3, H, W]: the annotator's target for a remove task, the exact target except that the erased shape's
+    pixels keep a faint ghost of it, `ghost` grey levels from the background (ghost=0: exactly the target)."""
+    target = t.target_image()
+    if ghost:
+        shape = t.shapes[t.edit.shape]
+        alone = render(t.height, t.width, t.background, [shape])
+        pixels = alone.ne(torch.tensor(rgb(t.background), dtype=torch.uint8).view(3, 1, 1)).any(0)   # [H, W]
+        target[:, pixels] = torch.tensor(ghost_colour(shape.color, t.background, ghost), dtype=torch.uint8)[:, None]
+    return target
+
+
+def warmup_batch(step: int, batch_size: int, seed: int = WARMUP_SEED, ghost: int = GHOST
                  ) -> tuple[list[ShapeTask], torch.Tensor]:
-    """Warm-up step `step`: its tasks and their targets uint8 [B, 3, H, W], a `fraction` of them unedited
-    (fraction=0: every target exact)."""
-    start = step * batch_size
-    tasks = training_tasks(seed, start, batch_size)
-    targets = torch.stack([t.source_image() if is_unedited(seed, start + i, fraction) else t.target_image()
-                           for i, t in enumerate(tasks)])
-    return tasks, targets
+    """Warm-up step `step`: its tasks and their targets uint8 [B, 3, H, W] (warmup_target)."""
+    tasks = training_tasks(seed, step * batch_size, batch_size)
+    return tasks, torch.stack([warmup_target(t, ghost) for t in tasks])
