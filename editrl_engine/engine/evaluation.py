@@ -46,7 +46,8 @@ def sample_items(policy, tasks: TaskSet, items: Sequence[tuple[int, int]], *, nu
 @torch.no_grad()
 def evaluate_policy(policy, reward, tasks: TaskSet, *, num_steps: int = 8, seed: int = 1234,
                     batch_size: int = 64) -> dict:
-    """Returns {reward_mean, reward_nan, rewards [N], images uint8 [N, 3, H, W], sources uint8 [N, 3, H, W]}."""
+    """Returns {reward_mean, reward_nan, rewards [N], details (the reward's, one per task), images uint8
+    [N, 3, H, W], sources uint8 [N, 3, H, W]}."""
     sources = [tasks.image(key, row) for key, row in zip(tasks.keys, tasks.rows)]
     instructions = [row.instruction for row in tasks.rows]
     images = sample_items(policy, tasks, [(i, seed + i) for i in range(len(tasks.rows))], num_steps=num_steps,
@@ -55,5 +56,5 @@ def evaluate_policy(policy, reward, tasks: TaskSet, *, num_steps: int = 8, seed:
     rewards = batch.reward.float().cpu()                                        # [N]
     finite = torch.isfinite(rewards)
     mean = finite_mean(rewards)
-    return {"reward_mean": mean, "reward_nan": int((~finite).sum()), "rewards": rewards, "images": images,
-            "sources": torch.stack(sources)}
+    return {"reward_mean": mean, "reward_nan": int((~finite).sum()), "rewards": rewards,
+            "details": list(batch.details), "images": images, "sources": torch.stack(sources)}
