@@ -77,6 +77,44 @@ def test_rerank_with_the_programmatic_reward_from_a_manifest(tmp_path):
     assert [c["reward"] for c in result["candidates"]] == expected.tolist() and not result["group_path"]
 
 
+def test_rerank_demo_editor_on_a_demo_task(tmp_path, capsys):
+    from editrl_engine.engine.demo import task as demo_task
+    task = demo_task.task(demo_task.HELDOUT_SEED, 3)
+    out = tmp_path / "out"
+    run("rerank", "--policy", "demo", "--task", f"{demo_task.HELDOUT_SEED}:3", "--n", "3", "--save-candidates",
+        "--out", str(out))
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"] == task.to_spec() and result["instruction"] == task.instruction
+    assert result["num_steps"] == demo_task.EVAL_STEPS
+    assert torch.equal(pixels(out / "source.png"), task.source_image())
+    assert torch.equal(pixels(out / "target.png"), task.target_image())
+    candidates = [pixels(out / name) for name in result["files"]["candidates"]]
+    expected = ProgrammaticReward().score([task.source_image()] * 3, [task.instruction] * 3, candidates,
+                                          tasks=[task] * 3)
+    assert [c["reward"] for c in result["candidates"]] == pytest.approx(expected.reward.tolist(), abs=1e-6)
+    assert torch.equal(pixels(out / "best.png"), candidates[int(expected.reward.argmax())])
+    printed = capsys.readouterr().out
+    assert task.instruction in printed and ("named edited" in printed or "named NOT edited" in printed)
+
+
+@pytest.mark.parametrize("argv, error, message", [
+    (("--task", "9001"), ValueError, "SEED:INDEX"),
+    (("--task", "9001:1", "x.png", "remove it"), ValueError, "drop IMAGE and INSTRUCTION"),
+    (("--task", "9001:1", "--lora", "nowhere"), FileNotFoundError, "runs/demo/lora"),
+    (("--task", "9001:1", "--device", "cuda"), ValueError, "on the CPU in float32"),
+    ((), ValueError, "or --task SEED:INDEX"),
+])
+def test_rerank_demo_errors_name_the_fix(tmp_path, argv, error, message):
+    with pytest.raises(error, match=message):
+        run("rerank", "--policy", "demo", *argv, "--out", str(tmp_path / "o"))
+
+
+def test_rerank_lora_needs_the_demo_editor(tmp_path, source):
+    with pytest.raises(ValueError, match="--lora goes with --policy demo"):
+        run("rerank", "--policy", "tiny", "--reward", "mllm_logit", "--reward-preset", "tiny", "--lora", "x",
+            "--out", str(tmp_path / "o"), str(source), "x")
+
+
 @pytest.mark.parametrize("argv, error, message", [
     (("--reward", "mllm_logit"), ValueError, "--reward-preset tiny"),
     (("--reward", "programmatic"), ValueError, "programmatic:MANIFEST.jsonl"),

@@ -1,6 +1,7 @@
 """`editrl rerank` and `editrl serve`: their argparse subcommands. Each module they need is imported when run.
 
     editrl rerank --policy DIR|tiny --reward KIND[:DIR] [--reward-preset tiny] --n 8 --out OUT image.png "instr"
+    editrl rerank --policy demo [--lora runs/demo/lora] --task 9001:3 --n 8 --out OUT     # the embedded default
     editrl serve --reward KIND[:DIR] [--reward-preset tiny] [--policy DIR|tiny] [--host 127.0.0.1] [--port 8000]
 
 add_rerank(subparsers) / add_serve(subparsers) build the parsers and set `run=`; a user error raises ValueError
@@ -17,19 +18,23 @@ DTYPES = ("float32", "bfloat16", "float16")
 FAMILIES = ("flux-kontext", "qwen-image-edit")
 
 
-def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool) -> None:
+def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool, reward_required: bool = True) -> None:
     reward = parser.add_argument_group("reward")
-    reward.add_argument("--reward", required=True, metavar="KIND[:DIR]",
+    reward.add_argument("--reward", required=reward_required, metavar="KIND[:DIR]",
                         help="reward kind (mllm_logit, editscore, verifier, programmatic), optionally with ':' and "
                              "the local folder of its weights, e.g. mllm_logit:/models/Qwen2.5-VL-7B-Instruct; "
-                             "programmatic:MANIFEST.jsonl reads the synthetic tasks it verifies")
+                             "programmatic:MANIFEST.jsonl reads the synthetic tasks it verifies"
+                             + ("" if reward_required else "; with --task the default is programmatic, verifying "
+                                                           "that task"))
     reward.add_argument("--reward-preset", metavar="NAME", help="build the reward from a preset instead of weights "
                                                                  "(tiny: random weights, for smoke tests)")
     reward.add_argument("--reward-backend", default="eager", help="scoring backend (default: eager)")
     policy = parser.add_argument_group("policy")
-    policy.add_argument("--policy", required=policy_required, metavar="DIR|tiny",
+    policy.add_argument("--policy", required=policy_required, metavar="DIR|tiny" + ("|demo" if policy_required else ""),
                         help="the editing policy: a local diffusers-format folder, or 'tiny' (random weights)"
-                             + ("" if policy_required else "; enables POST /v1/rerank"))
+                             + ("; or 'demo', the embedded demo editor (its shipped supervised warm-up; add --lora "
+                                "runs/demo/lora for the one `editrl demo` trained)" if policy_required
+                                else "; enables POST /v1/rerank"))
     policy.add_argument("--family", default="flux-kontext", choices=FAMILIES,
                         help="the policy's model family (default: flux-kontext)")
     run = parser.add_argument_group("device")
@@ -75,18 +80,68 @@ def load_policy_from(args: argparse.Namespace):
 
 
 # ---- editrl rerank --------------------------------------------------------------------------------------------
+def demo_task_from(spec: str):
+    """--task SEED:INDEX -> the demo's synthetic task `index` of `seed` (engine/demo/task.py: 16x16, remove one of
+    1-2 shapes; the demo's held-out tasks are seed 9001, indices 0-63)."""
+    from ..engine.demo import task as demo_task
+
+    seed, sep, index = spec.partition(":")
+    if not sep or not seed.strip().lstrip("-").isdigit() or not index.strip().isdigit():
+        raise ValueError(f"--task {spec!r}: give SEED:INDEX of a demo task, e.g. --task "
+                         f"{demo_task.HELDOUT_SEED}:3 (the demo's held-out tasks are seed {demo_task.HELDOUT_SEED}, "
+                         f"indices 0-{demo_task.HELDOUT_SIZE - 1})")
+    return demo_task.task(int(seed), int(index))
+
+
+def load_demo_policy_from(args: argparse.Namespace):
+    """--policy demo [--lora DIR]: the demo editor with its shipped warm-up, plus a LoRA `editrl demo` wrote."""
+    from ..engine.demo.pretrain import load_demo_editor
+
+    if args.family != "flux-kontext":
+        raise ValueError(f"--policy demo is a flux-kontext model; drop --family {args.family}")
+    if args.device != "cpu" or args.dtype != "float32":
+        raise ValueError("--policy demo runs as the demo trains it, on the CPU in float32; drop --device / --dtype")
+    return load_demo_editor(args.lora)
+
+
+def _rerank_inputs(args: argparse.Namespace):
+    """(source, instruction, reward, policy, task or None) from the arguments, every inconsistency named."""
+    task = None
+    if args.task is not None:
+        if args.image is not None or args.instruction is not None:
+            raise ValueError("--task gives the source image and the instruction; drop IMAGE and INSTRUCTION")
+        task = demo_task_from(args.task)
+        source, instruction = task.source_image(), task.instruction
+    else:
+        if args.image is None or args.instruction is None:
+            raise ValueError("give IMAGE and INSTRUCTION, or --task SEED:INDEX for a demo task")
+        source, instruction = Path(args.image), args.instruction
+        if not source.is_file():
+            raise FileNotFoundError(f"source image {source} does not exist")
+    if args.lora and args.policy != "demo":
+        raise ValueError("--lora goes with --policy demo (a diffusers folder carries its own LoRA loading)")
+    if task is not None and args.reward in (None, "programmatic"):
+        from ..reward import load_reward
+        reward = load_reward("programmatic", tasks=[task])
+    elif args.reward is None:
+        raise ValueError("give --reward KIND[:DIR] (or --task SEED:INDEX, whose default reward is programmatic)")
+    else:
+        reward = load_reward_from(args)
+    policy = load_demo_policy_from(args) if args.policy == "demo" else load_policy_from(args)
+    return source, instruction, reward, policy, task
+
+
 def _run_rerank(args: argparse.Namespace) -> None:
     from .outputs import contact_sheet, write_json_atomic, write_png_atomic
     from .rerank import rerank
 
-    image = Path(args.image)
-    if not image.is_file():
-        raise FileNotFoundError(f"source image {image} does not exist")
-    if args.n < 1 or args.steps < 1:
+    if args.n < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
-    reward = load_reward_from(args)
-    policy = load_policy_from(args)
-    result = rerank(policy, reward, image, args.instruction, n=args.n, seed=args.seed, num_steps=args.steps,
+    source, instruction, reward, policy, task = _rerank_inputs(args)
+    if args.steps is None:
+        from ..engine.demo.task import EVAL_STEPS
+        args.steps = EVAL_STEPS if args.policy == "demo" else 28
+    result = rerank(policy, reward, source, instruction, n=args.n, seed=args.seed, num_steps=args.steps,
                     solver=args.solver)
     out = Path(args.out)
     rewards = [c.reward for c in result.candidates]
@@ -100,20 +155,37 @@ def _run_rerank(args: argparse.Namespace) -> None:
     if args.save_candidates:
         written["candidates"] = [str(write_png_atomic(out / "candidates" / f"{c.index:03d}.png", c.image)
                                      .relative_to(out)) for c in result.candidates]
-    report = {**result.to_dict(), "source": str(image), "policy_source": args.policy,
-              "reward_source": args.reward, "reward_metadata": reward.metadata(), "files": written}
+    report = {**result.to_dict(), "source": args.image if task is None else f"task {args.task}",
+              "policy_source": args.policy, "lora": args.lora, "reward_source": args.reward or "programmatic",
+              "reward_metadata": reward.metadata(), "files": written}
+    if task is not None:
+        report["task"] = task.to_spec()
+        write_png_atomic(out / "source.png", source)
+        write_png_atomic(out / "target.png", task.target_image())
     write_json_atomic(out / "result.json", report)
 
-    print(f"rerank: {args.n} candidates of {args.family} ({args.policy}), {args.steps} steps, seed {args.seed}; "
-          f"reward {result.reward_kind}{' (shared-prefix group path)' if result.group_path else ''}")
+    print(f"rerank: {args.n} candidates of {args.family} ({args.policy}{' + ' + args.lora if args.lora else ''}), "
+          f"{args.steps} steps, seed {args.seed}; reward {result.reward_kind}"
+          f"{' (shared-prefix group path)' if result.group_path else ''}")
+    if task is not None:
+        print(f"task {args.task}: {instruction!r}")
     for c in result.candidates:
         mark = "  <- best" if c.index == result.best_index else ""
         value = f"{c.reward:.4f}" if c.error is None else f"NaN ({c.error})"
-        print(f"  #{c.index:<3d} seed {c.seed:<6d} reward {value}{mark}")
+        print(f"  #{c.index:<3d} seed {c.seed:<6d} reward {value}{_verdict(c.details)}{mark}")
     if result.error:
         print(f"editrl: warning: {result.error}", file=sys.stderr)
     print(f"wrote {out / 'result.json'}, {out / 'contact_sheet.png'}"
           + (f", {out / 'best.png'}" if written["best"] else " (no best.png: no candidate could be chosen)"))
+
+
+def _verdict(details: dict) -> str:
+    """The programmatic reward's object-level verdict of a candidate ('' for other rewards)."""
+    if "named_edited" not in details:
+        return ""
+    kept = details.get("others_kept")
+    return (f"  named {'edited' if details['named_edited'] else 'NOT edited'}"
+            + ("" if kept is None else f", others {'kept' if kept else 'NOT kept'}"))
 
 
 def add_rerank(subparsers) -> None:
@@ -123,13 +195,21 @@ def add_rerank(subparsers) -> None:
                     "seed + i), score them through the reward's shared-prefix group path, and write OUT/best.png, "
                     "OUT/contact_sheet.png (every candidate with its reward) and OUT/result.json (atomically). "
                     "A NaN reward never wins; when all are NaN there is no best.png and the JSON says why.")
-    parser.add_argument("image", help="the source image (PNG or JPEG)")
-    parser.add_argument("instruction", help="the edit instruction")
-    _model_arguments(parser, policy_required=True)
+    parser.add_argument("image", nargs="?", help="the source image (PNG or JPEG); not with --task")
+    parser.add_argument("instruction", nargs="?", help="the edit instruction; not with --task")
+    _model_arguments(parser, policy_required=True, reward_required=False)
+    demo = parser.add_argument_group("embedded demo")
+    demo.add_argument("--task", metavar="SEED:INDEX", help="a synthetic demo task instead of IMAGE and INSTRUCTION "
+                                                          "(its source, instruction and exact reward; e.g. 9001:3, "
+                                                          "a held-out task of `editrl demo`); also writes "
+                                                          "OUT/source.png and OUT/target.png")
+    demo.add_argument("--lora", metavar="DIR", help="with --policy demo: a LoRA folder written by `editrl demo` "
+                                                    "(runs/demo/lora)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--n", type=int, default=8, help="candidates to sample (default: 8)")
     sampling.add_argument("--seed", type=int, default=0, help="candidate i is sampled from seed + i (default: 0)")
-    sampling.add_argument("--steps", type=int, default=28, help="sampling steps (default: 28)")
+    sampling.add_argument("--steps", type=int, default=None, help="sampling steps (default: 28; the demo's 8 "
+                                                                   "with --policy demo)")
     sampling.add_argument("--solver", default="euler", choices=("euler", "dpm2"), help="ODE solver (default: euler)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, metavar="OUT", help="folder for best.png, contact_sheet.png, "
