@@ -176,7 +176,8 @@ def _run_rerank(args: argparse.Namespace) -> None:
     if result.error:
         print(f"editrl: warning: {result.error}", file=sys.stderr)
     print(f"wrote {out / 'result.json'}, {out / 'contact_sheet.png'}"
-          + (f", {out / 'best.png'}" if written["best"] else " (no best.png: no candidate could be chosen)"))
+          + (f", {out / 'best.png'}" if written["best"] else " (no best.png: no candidate could be chosen)")
+          + (f", {out / 'source.png'}, {out / 'target.png'}" if task is not None else ""))
 
 
 def _verdict(details: dict) -> str:
