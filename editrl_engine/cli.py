@@ -194,7 +194,7 @@ def _add_pretrain_demo(subparsers) -> None:
                     "are deliberately imperfect: the erased shape stays as a faint ghost a few grey levels from the "
                     "background (the supervised model copies it; RL against the exact object-level reward then "
                     "removes it). With the defaults it rebuilds the checkpoint that ships as "
-                    "editrl_engine/engine/demo/warmup.safetensors (about 10 minutes on two cores).")
+                    "editrl_engine/engine/demo/warmup.safetensors (about 25 minutes on one core).")
     parser.add_argument("--out", default="runs/demo-warmup.safetensors", help="where to write the checkpoint")
     parser.add_argument("--steps", type=int, help="training steps (default: those of the shipped checkpoint)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights and noise")
