@@ -13,6 +13,7 @@ Masks inside the size x size box, with u the row and v the column (0-based), s t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
@@ -89,3 +90,15 @@ def render(height: int, width: int, background: str, shapes: tuple[Shape, ...] |
         colour = torch.tensor(rgb(shape.color), dtype=torch.uint8).view(3, 1)
         box[:, shape_mask(shape.kind, shape.size)] = colour
     return image
+
+
+def owners(height: int, width: int, shapes: Sequence[tuple[int, Shape]]) -> torch.Tensor:
+    """int64 [H, W]: the index of the shape each pixel shows (-1: background); later shapes cover earlier ones,
+    as in render."""
+    owner = torch.full((height, width), -1, dtype=torch.int64)
+    for index, shape in shapes:
+        box = owner[shape.top: shape.top + shape.size, shape.left: shape.left + shape.size]   # [s, s] view
+        if box.shape != (shape.size, shape.size):
+            raise ValueError(f"{shape} does not fit a {height}x{width} canvas")
+        box[shape_mask(shape.kind, shape.size)] = index
+    return owner

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from ..data.manifest import EditRow
-from ..data.shapes import PALETTE, Shape, shape_mask
+from ..data.shapes import PALETTE, Shape, owners
 from ..data.synthetic import ShapeTask
 from ..vlm.images import as_uint8_tensor
 from .base import RewardBatch, RewardModel, check_triples
@@ -199,9 +199,9 @@ def _plan(task: ShapeTask) -> _Plan:
     """The target and the pixel set of every verdict of a task (see the module docstring)."""
     target = task.target_image()                                                     # validates the edit too
     edit, shapes = task.edit, list(enumerate(task.shapes))
-    before = _owners(task.height, task.width, shapes)                                # [H, W], -1 = background
+    before = owners(task.height, task.width, shapes)                                # [H, W], -1 = background
     survivors = [j for j, _ in shapes if not (edit.kind == "remove" and j == edit.shape)]   # source indices
-    after = _owners(task.height, task.width, list(zip(survivors, task.edited_scene()[1])))  # [H, W]
+    after = owners(task.height, task.width, list(zip(survivors, task.edited_scene()[1])))  # [H, W]
     masks, parts = [], []
     if edit.kind == "background":
         masks.append(after < 0)
@@ -223,18 +223,6 @@ def _plan(task: ShapeTask) -> _Plan:
         masks.append((before < 0) & (after < 0))
         parts.append(("background", None))
     return _Plan(target, torch.stack(masks), tuple(parts))
-
-
-def _owners(height: int, width: int, shapes: Sequence[tuple[int, Shape]]) -> torch.Tensor:
-    """int64 [H, W]: the index of the shape each pixel shows (-1: background); later shapes cover earlier ones,
-    as in shapes.render."""
-    owner = torch.full((height, width), -1, dtype=torch.int64)
-    for index, shape in shapes:
-        box = owner[shape.top: shape.top + shape.size, shape.left: shape.left + shape.size]   # [s, s] view
-        if box.shape != (shape.size, shape.size):
-            raise ValueError(f"{shape} does not fit a {height}x{width} canvas")
-        box[shape_mask(shape.kind, shape.size)] = index
-    return owner
 
 
 def _detail(task: ShapeTask, plan: _Plan, fractions: Sequence[float], quality: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ...atomic import write_bytes_atomic
+from ...data.shapes import owners
 from ...policy.flux_kontext import FluxKontextPolicy, load
 from ...policy.flux_kontext.model import pack
 from . import task as demo_task
@@ -87,7 +88,7 @@ def token_weights(tasks, object_weight: float = OBJECT_WEIGHT) -> torch.Tensor:
     """float32 [B, L]: `object_weight` for the latent tokens (2x2 pixel patches) that hold any shape pixel of the
     source, 1 elsewhere. The shapes are ~4 % of the canvas; unweighted, copying the background dominates the
     loss and the text (which only decides what happens to the shapes) is ignored."""
-    masks = torch.stack([t.source_image().ne(t.source_image()[:, :1, :1]).any(0) for t in tasks])  # [B, H, W]
+    masks = torch.stack([owners(t.height, t.width, list(enumerate(t.shapes))) >= 0 for t in tasks])  # [B, H, W]
     patches = torch.nn.functional.max_pool2d(masks[:, None].float(), 2).flatten(1)              # [B, L]
     return 1 + (object_weight - 1) * patches
 

@@ -20,7 +20,7 @@ import hashlib
 
 import torch
 
-from ...data.shapes import render, rgb
+from ...data.shapes import owners, rgb
 from ...data.synthetic import ShapeTask, make_task
 
 SIZE = 16                                   # canvas side in pixels
@@ -86,8 +86,7 @@ def warmup_target(t: ShapeTask, ghost: int = GHOST) -> torch.Tensor:
     target = t.target_image()
     if ghost:
         shape = t.shapes[t.edit.shape]
-        alone = render(t.height, t.width, t.background, [shape])
-        pixels = alone.ne(torch.tensor(rgb(t.background), dtype=torch.uint8).view(3, 1, 1)).any(0)   # [H, W]
+        pixels = owners(t.height, t.width, [(0, shape)]) == 0                       # [H, W] the shape's own
         target[:, pixels] = torch.tensor(ghost_colour(shape.color, t.background, ghost), dtype=torch.uint8)[:, None]
     return target
 
