@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from ..data.manifest import EditRow
-from ..data.shapes import PALETTE, Shape, owners
+from ..data.shapes import PALETTE, owners
 from ..data.synthetic import ShapeTask
 from ..vlm.images import as_uint8_tensor
 from .base import RewardBatch, RewardModel, check_triples
