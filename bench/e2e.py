@@ -236,10 +236,8 @@ class SequentialLoop:
                                     groups_per_step=config.sampling.groups_per_step, seed=config.run.seed + 1,
                                     keys=tasks.keys)
         self.adv_config = AdvantageConfig(filter_std=None, filter_mean=None, ban_std=None, ban_mean=None)
-        section = config.algo.nft
-        self.nft = nft_algo.NFTConfig(**{f.name: getattr(section, f.name) for f in dataclasses.fields(nft_algo.NFTConfig)
-                                         if hasattr(section, f.name)})
-        self.sample_adapter = getattr(section, "sample_adapter", "default")   # the engine's: rollouts by "old"
+        self.nft = config.algo.nft
+        self.sample_adapter = self.nft.sample_adapter                          # the engine's: rollouts by "old"
         self.step = 0
 
     def rollout(self, plan):

@@ -188,11 +188,11 @@ def editscore_rows(config: dict, device: torch.device, rng: np.random.Generator,
         reward.score_groups([source], [INSTRUCTION], [edits])
 
     modes = [("sequential", sequential, n_seq), ("batched", batched, g)]
-    if hasattr(reward, "score_groups"):
+    if reward.shares_prefix:
         modes.append(("group", group, g))
     else:
-        rows.append(row("editscore", label, "group", error="not available: EditScoreReward has no score_groups() "
-                        "(no shared-prefix path for a group's candidates and passes yet)"))
+        rows.append(row("editscore", label, "group", error="not available: this EditScoreReward has no shared-prefix "
+                        "path (shares_prefix is False: no VLM of its own to hold the prefix cache)"))
     for mode, call, pairs in modes:
         log(f"editscore {label} {mode}")
         try:

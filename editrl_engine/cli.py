@@ -6,6 +6,9 @@
 
 A command is added by writing `_add_<name>(subparsers)` that builds its parser and sets `run=`, and listing it
 in COMMANDS. Nothing in the package imports this module.
+
+A user error (editrl_engine/errors.py: UserError, e.g. CommandError, ConfigError, a missing folder) is printed as
+one line `editrl: error: ...` with exit status 2; any other exception is a bug and keeps its traceback (status 1).
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .errors import UserError
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class CommandError(Exception):
-    """A user-facing error: printed as `editrl: error: ...`, exit status 2."""
+class CommandError(UserError):
+    """A bad combination of command-line arguments: printed as `editrl: error: ...`, exit status 2."""
 
 
 def _reward_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +48,11 @@ def _reward_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_reward(args: argparse.Namespace):
     import torch
 
-    from .reward import load_reward
+    from .reward import KINDS, load_reward
 
     kind, _, path = args.reward.partition(":")
+    if kind not in KINDS:
+        raise CommandError(f"--reward {args.reward}: unknown reward kind {kind!r}; choose one of {', '.join(KINDS)}")
     if args.avg_k < 1:
         raise CommandError(f"--avg-k must be >= 1, got {args.avg_k}")
     if not path and not args.preset and kind not in ("programmatic",):
@@ -224,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, ValueError, KeyError, NotImplementedError, FileNotFoundError) as error:
+    except UserError as error:              # anything else is a bug: its traceback is shown, exit status 1
         print(f"editrl: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -76,6 +76,8 @@ class CountingReward(RewardModel):
 class GroupCountingReward(CountingReward):
     """CountingReward with a shared-prefix group path (score_groups), as mllm_logit and editscore have."""
 
+    shares_prefix = True
+
     def score_groups(self, sources, instructions, candidates) -> RewardBatch:
         check_triples(sources, instructions, candidates)
         with self.lock:

@@ -30,12 +30,14 @@ def hand(rewards, group_size, cfg):
     for g, xs in enumerate(groups):
         m, s = mean(fin(xs)), pstd(fin(xs))
         norm = pstd(allf) if cfg.std == "global" else s
-        ok = (cfg.filter_std is None or s > cfg.filter_std) and (cfg.filter_mean is None or m < cfg.filter_mean)
+        f_std, f_mean = cfg.threshold("filter_std"), cfg.threshold("filter_mean")      # None: off
+        ok = (f_std is None or s > f_std) and (f_mean is None or m < f_mean)
         for x in xs:
             v = ok and not math.isnan(x)
             valid.append(v)
             adv.append(max(-cfg.clip, min(cfg.clip, (x - m) / (norm + cfg.eps))) if v else 0.0)
-        if cfg.ban_std is not None and s < cfg.ban_std and m > cfg.ban_mean:
+        b_std, b_mean = cfg.threshold("ban_std"), cfg.threshold("ban_mean")
+        if b_std is not None and b_mean is not None and s < b_std and m > b_mean:
             ban.append(KEYS[g])
     stds = [pstd(fin(xs)) for xs in groups if fin(xs)]
     stats = {"reward_mean": mean(allf), "reward_std": pstd(allf), "valid_frac": sum(valid) / len(valid),

@@ -82,8 +82,8 @@ def test_grpo_trained_steps_fraction():
 
 
 @pytest.mark.ops("grpo_loss")
-@pytest.mark.parametrize("cfg", [GRPOConfig(), GRPOConfig(clip_range=(1e-4, 5e-4), kl_beta=0.04),
-                                 GRPOConfig(clip_range=(0.05, 0.2), kl_beta=0.0)])
+@pytest.mark.parametrize("cfg", [GRPOConfig(), GRPOConfig(clip_low=1e-4, clip_high=5e-4, kl_beta=0.04),
+                                 GRPOConfig(clip_low=0.05, clip_high=0.2, kl_beta=0.0)])
 def test_grpo_loss_is_ops_call(backend, gen, cfg):
     B = 12
     logp_old = torch.randn(B, generator=gen)

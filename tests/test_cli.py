@@ -1,9 +1,11 @@
 """The `editrl` command line: help, both eval subcommands end to end (a fake reward registered as a kind, the
-tiny mllm_logit model), results JSON and cache files, and clear errors with exit status 2."""
+tiny mllm_logit model), results JSON and cache files, clear user errors with exit status 2, and bugs that keep
+their traceback (exit status 1)."""
 from __future__ import annotations
 
 import importlib.machinery
 import json
+import subprocess
 import sys
 import types
 
@@ -11,6 +13,7 @@ import pytest
 
 from editrl_engine import cli
 from editrl_engine import reward as reward_package
+from editrl_engine.engine.config import ConfigError
 
 from .eval_fakes import FakeReward, write_bench
 from .test_eval_editreward_bench import ROWS
@@ -90,3 +93,51 @@ def test_editreward_bench_with_the_tiny_logit_reward(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["rows"] == 3 and result["parse_failure_rate"] == 0.0
     assert 0.0 <= result["dimensions"]["overall"]["macro"] <= 1.0
+
+
+def test_a_config_error_is_one_line_with_status_2(capsys):
+    assert cli.main(["train", "no-such-config"]) == 2
+    assert "editrl: error: no config 'no-such-config'" in capsys.readouterr().err
+    assert cli.main(["train", "demo", "--set", "optim.no_such_key=1", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editrl: error: ") and "no_such_key" in err and "Traceback" not in err
+
+
+def test_user_errors_of_rerank_and_serve_are_one_line_with_status_2(tmp_path, capsys):
+    assert cli.main(["rerank", "--policy", "tiny", "--reward", "mllm_logit", "--reward-preset", "tiny", "--out",
+                     str(tmp_path / "o"), str(tmp_path / "missing.png"), "x"]) == 2
+    assert "editrl: error: source image" in capsys.readouterr().err
+    assert cli.main(["rerank", "--policy", "demo", "--task", "9001", "--out", str(tmp_path / "o")]) == 2
+    assert "SEED:INDEX" in capsys.readouterr().err
+    assert cli.main(["serve", "--reward", "mllm_logit:/nowhere", "--max-batch", "0"]) == 2
+    assert "editrl: error: bad serve settings: max_batch must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [KeyError("a bug"), ValueError("a bug"), FileNotFoundError("a bug")])
+def test_an_unexpected_error_is_a_bug_not_a_user_error(monkeypatch, capsys, error):
+    def broken(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_run_demo", broken)
+    with pytest.raises(type(error), match="a bug"):              # it propagates, with its traceback
+        cli.main(["demo"])
+    assert "editrl: error:" not in capsys.readouterr().err
+
+
+def test_a_user_error_raised_by_a_command_is_status_2(monkeypatch, capsys):
+    def misconfigured(args):
+        raise ConfigError("optim.lr must be > 0, got -1")
+
+    monkeypatch.setattr(cli, "_run_demo", misconfigured)
+    assert cli.main(["demo"]) == 2
+    assert capsys.readouterr().err == "editrl: error: optim.lr must be > 0, got -1\n"
+
+
+def test_a_bug_exits_1_with_its_traceback():
+    program = ("import sys; from editrl_engine import cli\n"
+               "def broken(args): raise KeyError('a bug of ours')\n"
+               "cli._run_demo = broken\nsys.exit(cli.main(['demo']))")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "KeyError: 'a bug of ours'" in done.stderr
+    assert "editrl: error:" not in done.stderr

@@ -28,6 +28,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from editrl_engine.engine import Trainer
+    from editrl_engine.engine.scoring import RewardLedger
+    RewardLedger.audit = True                   # keep every sample's use count (`uses`) for the checks below
     trainer = Trainer(tiny_config(out_dir, *overrides, algo=algo), reward=BrightnessReward())
     summary = trainer.train()
     state = {"summary": summary}
@@ -64,7 +66,12 @@ def launch(world: int, tmp_path, overrides=(), algo="nft") -> list[dict]:
 
 def single(tmp_path, overrides=(), algo="nft"):
     from editrl_engine.engine import Trainer
-    trainer = Trainer(tiny_config(tmp_path / f"single-{algo}", *overrides, algo=algo), reward=BrightnessReward())
+    from editrl_engine.engine.scoring import RewardLedger
+    audit, RewardLedger.audit = RewardLedger.audit, True        # keep every sample's use count (`uses`)
+    try:
+        trainer = Trainer(tiny_config(tmp_path / f"single-{algo}", *overrides, algo=algo), reward=BrightnessReward())
+    finally:
+        RewardLedger.audit = audit                             # a ledger fixes its audit flag when built
     trainer.train()
     return trainer
 

@@ -41,7 +41,7 @@ def test_group_scoring_equals_flat_scoring():
     rows = [tasks.rows[0]] * 3 + [tasks.rows[1]] * 2                       # two groups: 3 and 2 candidates
     sources = [tasks.image(tasks.keys[0])] * 3 + [tasks.image(tasks.keys[1])] * 2
     edited = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows)
+    job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows, [3, 2])
     grouped = score_job(reward, job)
     assert all(r.requirement for r in rows)                     # synthetic rows carry a task requirement ...
     flat = reward.score(sources, [r.instruction for r in rows], list(edited),
@@ -62,12 +62,13 @@ def test_manifest_principles_reach_the_verifier_through_its_group_path(monkeypat
         [dataclasses.replace(tasks.rows[1], principles=given[1])] * 2
     sources = [tasks.image(tasks.keys[0])] * 3 + [tasks.image(tasks.keys[1])] * 2
     edited = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows)
+    job = ScoreJob([(0, i) for i in range(5)], sources, [r.instruction for r in rows], edited, rows, [3, 2])
     calls = []
     score_groups = reward.score_groups
     monkeypatch.setattr(reward, "score_groups", lambda *a, **k: calls.append(k) or score_groups(*a, **k))
     grouped = score_job(reward, job)
-    assert calls == [{"principles": [list(given[0]), list(given[1])]}]      # one call, one principle list per group
+    principles = [[list(row.principles) for row in k["rows"]] for k in calls]    # what the verifier reads
+    assert principles == [[list(given[0]), list(given[1])]]                  # one call, one principle list per group
     flat = reward.score(sources, [r.instruction for r in rows], list(edited), principles=[list(r.principles)
                                                                                            for r in rows])
     assert [d["answer"] for d in grouped.details] == [d["answer"] for d in flat.details]

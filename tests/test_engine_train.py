@@ -27,10 +27,8 @@ def run(config, reward=None, resume=False):
 def test_nft_steps_train_and_log(tmp_path):
     config = tiny_config(tmp_path / "run", "run.steps=3")
     trainer = Trainer(config, reward=BrightnessReward())
-    trainer.setup()
+    trainer.setup()                                       # builds once; train() keeps what it built
     before = lora_state(trainer)
-    trainer._policy = trainer.policy                      # reuse the built policy (LoRA already added)
-    trainer.setup = lambda: None                          # keep the state we just captured
     summary = trainer.train()
     after = lora_state(trainer)
     assert summary["step"] == 3
@@ -48,12 +46,21 @@ def test_nft_steps_train_and_log(tmp_path):
     assert state and all(k.startswith("transformer.") for k in state)
 
 
-def test_every_reward_is_used_exactly_once(tmp_path):
+@pytest.fixture
+def audited_ledger(monkeypatch):
+    """Ledgers that keep every sample's use count (`uses`); a run's own ledger keeps only bounded counts."""
+    from editrl_engine.engine.scoring import RewardLedger
+    monkeypatch.setattr(RewardLedger, "audit", True)
+
+
+def test_every_reward_is_used_exactly_once(tmp_path, audited_ledger):
     trainer, _ = run(tiny_config(tmp_path / "run", "run.steps=4", "sampling.rollout_batch=3"))
     uses = trainer.ledger.uses
     assert len(uses) == 4 * 8                             # 4 steps x 2 groups x 4 samples, none lost
     assert trainer.ledger.violations() == {}
     assert {step for step, _ in uses} == {0, 1, 2, 3}
+    ledger = trainer.ledger                               # the bounded counts say the same
+    assert (ledger.consumed, ledger.steps, ledger.first_step, ledger.last_step) == (4 * 8, 4, 0, 3)
 
 
 def test_micro_batches_do_not_change_the_update(tmp_path):
@@ -99,7 +106,7 @@ def test_grpo_first_update_is_on_policy(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["nft", "grpo"])
-def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path, algo):
+def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path, algo, audited_ledger):
     straight, _ = run(tiny_config(tmp_path / "straight", "run.steps=4", algo=algo))
     # the reward's 2nd call sends SIGTERM: the step finishes, a checkpoint is written, the run stops
     killed = Trainer(tiny_config(tmp_path / "killed", "run.steps=4", algo=algo), reward=BrightnessReward(kill_on_call=2))
@@ -113,6 +120,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path, algo):
     rows = read_metrics(tmp_path / "killed" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert straight.ledger.uses == resumed.ledger.uses
+    assert straight.ledger.state_dict() == resumed.ledger.state_dict()
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
@@ -131,14 +139,13 @@ def test_checkpoint_is_atomic_and_pruned(tmp_path):
 
 @pytest.mark.parametrize("group_noise", [False, True])
 def test_nft_training_noise_per_sample_or_per_group(tmp_path, group_noise):
-    from editrl_engine.engine.rollouts import LocalRollout
-    from editrl_engine.engine.updates import nft_timesteps
     from editrl_engine.algo.sampler import StepPlan
+    from editrl_engine.engine.batch import Rollout
     config = tiny_config(tmp_path, f"algo.nft.group_noise={str(group_noise).lower()}")
     plan = StepPlan(step=3, keys=(), rows=(), group_size=4, world_size=1)
-    rollout = LocalRollout(plan, list(range(8)), None, torch.zeros(8, 5, 2), None, [], [1.0, 0.75, 0.5, 0.25, 0.0],
-                           None, [], 0.0)
-    t, noise = nft_timesteps(rollout, config, "cpu")                       # [8, K], [8, K, 5, 2]
+    rollout = Rollout(plan, list(range(8)), None, torch.zeros(8, 5, 2), None, [], [1.0, 0.75, 0.5, 0.25, 0.0],
+                      None, 0.0)
+    t, noise = config.algo.build(config).timesteps(rollout, "cpu")         # [8, K], [8, K, 5, 2]
     assert t.shape == (8, 3) and noise.shape == (8, 3, 5, 2)               # K = int(4 * 0.99) = 3
     for row in t:                                                           # distinct timesteps of the rollout
         assert len(set(row.tolist())) == 3 and set(row.tolist()) <= {1.0, 0.75, 0.5, 0.25}

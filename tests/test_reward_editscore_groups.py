@@ -130,3 +130,18 @@ def test_scripted_judges_and_errors_fall_back_to_flat_scoring():
     assert batch.reward.tolist() == [1.0] * 8 and seen == [16]
     with pytest.raises(ValueError, match="empty group"):
         EditScoreReward(None, generate_fn=judge).score_groups(SOURCES[:1], INSTRUCTIONS[:1], [[]])
+
+
+def test_a_scripted_judge_gets_the_group_prompts_as_whole_calls():
+    """A generate_fn judge has no KV cache: score_groups sends it the prefix + suffix SC prompts and the PQ prompts,
+    the same calls (text and pixels) as score() on the flattened triples."""
+    def record(seen):
+        def judge(calls, decoding):
+            seen.append([(c.sample, c.kind, c.text, tuple(im.tobytes() for im in c.images)) for c in calls])
+            return ['{"reasoning": "ok", "score": [20, 5]}'] * len(calls)
+        return judge
+    grouped_calls, flat_calls = [], []
+    grouped = EditScoreReward(None, generate_fn=record(grouped_calls)).score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    flat_batch = EditScoreReward(None, generate_fn=record(flat_calls)).score(*flat())
+    assert grouped_calls == flat_calls and len(grouped_calls[0]) == 16
+    assert grouped.reward.tolist() == flat_batch.reward.tolist() == pytest.approx([0.2] * 8)   # SC = PQ = 5 / 2.5

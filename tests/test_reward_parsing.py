@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from editrl_engine.reward.parsing import (EDITSCORE_MAX, VIESCORE_MAX, combine_sc_pq, parse_judge_scores,
-                                          rescale_to_ten, viescore)
+                                          rescale_to_ten)
 
 NAN = math.nan
 
@@ -94,6 +94,13 @@ def test_rescale():
     assert rescale_to_ten(25.0, EDITSCORE_MAX) == 10.0
     assert rescale_to_ten(5.0, EDITSCORE_MAX) == 2.0
     assert rescale_to_ten(7.0, VIESCORE_MAX) == 7.0
+
+
+def viescore(sc, pq, max_score) -> dict:
+    """One sample through the batched combination the editscore reward uses; an unparsed call (None) is NaN."""
+    row = lambda scores: torch.tensor([list(scores) if scores else [NAN]], dtype=torch.float64)  # noqa: E731
+    sc_, pq_, overall, reward = (float(t[0]) for t in combine_sc_pq(row(sc), row(pq), max_score))
+    return {"sc": sc_, "pq": pq_, "overall": overall, "reward": reward}
 
 
 @pytest.mark.parametrize("sc, pq, max_score, expected", [

@@ -191,8 +191,11 @@ def test_bf16_autocast_logp_drift_is_measured(policy, record_property, capsys):
     """Rollout under bf16 autocast, log-probs recomputed one sample at a time (another batch shape) in bf16 and
     in fp32: the drift is recorded, not asserted beyond a loose sanity bound."""
     cond = toy_condition(policy, pairs=2)
-    out = grpo_rollout(policy, cond, group_size=3, num_steps=10, seed=3, noise_level=0.9,
-                       autocast_dtype=torch.bfloat16)
+    policy.autocast = True                                   # the rollout's velocities under bf16 autocast
+    try:
+        out = grpo_rollout(policy, cond, group_size=3, num_steps=10, seed=3, noise_level=0.9)
+    finally:
+        policy.autocast = False
     assert out.x0.dtype == out.latents.dtype == torch.float32 and out.logp.dtype == torch.float32
 
     def per_sample(autocast: bool):

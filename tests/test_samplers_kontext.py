@@ -86,7 +86,11 @@ def test_grpo_logp_is_on_policy(policy, cond, kind, noise_level, window):
 @pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight:UserWarning")
 def test_bf16_autocast_logp_drift_is_measured(policy, cond, record_property, capsys):
     """Rollout under bf16 autocast; log-probs recomputed one sample at a time in bf16, and in fp32."""
-    out = grpo_rollout(policy, cond, num_steps=4, seed=1, noise_level=0.9, autocast_dtype=torch.bfloat16)
+    policy.autocast = True                                   # the rollout's velocities under bf16 autocast
+    try:
+        out = grpo_rollout(policy, cond, num_steps=4, seed=1, noise_level=0.9)
+    finally:
+        policy.autocast = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
         per_sample_bf16 = torch.cat([recomputed_logp(policy, type(out)(**{
             **vars(out), "latents": out.latents[b:b + 1], "next_latents": out.next_latents[b:b + 1],

@@ -7,15 +7,15 @@ import threading
 
 import pytest
 
-from editrl_engine.serve.batching import Batcher, CallJob, Closed, QueueFull, ScoreJob
+from editrl_engine.serve.batching import Batcher, CallJob, Closed, GroupRequest, QueueFull
 
 from .serve_fakes import GroupCountingReward, red_mean, solid
 
 LONG_WAIT_S = 60.0            # a max_wait the tests must never sit through
 
 
-def job(instruction: str, *reds: int) -> ScoreJob:
-    return ScoreJob(solid((1, 2, 3)), instruction, [solid((r, 0, 0)) for r in reds])
+def job(instruction: str, *reds: int) -> GroupRequest:
+    return GroupRequest(solid((1, 2, 3)), instruction, [solid((r, 0, 0)) for r in reds])
 
 
 def test_a_lone_request_is_not_held_for_max_wait():

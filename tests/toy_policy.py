@@ -49,7 +49,8 @@ class ToyPolicy(EditPolicy):
         if self.recorded is not None:
             self.recorded.append((x_t.clone(), t.clone()))
         target = cond.tensors["target"]                                    # [B, L, C]
-        return (x_t - target) + 0.2 * (1 + t[:, None, None]) * self.transformer(x_t)
+        with self.autocast_context():                                       # bf16 when autocast is set
+            return (x_t - target) + 0.2 * (1 + t[:, None, None]) * self.transformer(x_t)
 
     def decode(self, x0, cond):
         pixels = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [B, L, C]

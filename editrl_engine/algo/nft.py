@@ -15,13 +15,34 @@ import torch
 from .. import ops
 
 
+SAMPLE_ADAPTERS = ("old", "default")
+
+
 @dataclasses.dataclass(frozen=True)
 class NFTConfig:
+    """[algo.nft]: DiffusionNFT's settings, the objective's and the rollouts' (engine/algorithms/nft.py)."""
     beta: float = 1.0                 # NFT guidance strength
     kl_beta: float = 1e-4             # weight of mean_dims (v - v_ref)^2; 0 skips the reference forward
     adv_clip_max: float = 5.0         # advantage clip for r, and the scale of the policy term
     timestep_fraction: float = 0.99   # the first int(T * fraction) of each sample's permuted timesteps
     decay_schedule: str = "default"   # policy.lora.nft_decay schedule of the old adapter
+    sample_adapter: str = "old"       # rollouts come from the old (sampling) policy, as in DiffusionNFT
+    group_noise: bool = False         # the samples of a group share their training timesteps and noise (common
+                                      # random numbers: the noise terms cancel across the group's advantages,
+                                      # which sum to zero); False draws them per sample
+
+    def __post_init__(self):
+        problems = []
+        if not 0 < self.timestep_fraction <= 1:
+            problems.append(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if not self.adv_clip_max > 0:
+            problems.append(f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+        if self.kl_beta < 0:
+            problems.append(f"kl_beta must be >= 0, got {self.kl_beta}")
+        if self.sample_adapter not in SAMPLE_ADAPTERS:
+            problems.append(f"sample_adapter must be one of {list(SAMPLE_ADAPTERS)}, got {self.sample_adapter!r}")
+        if problems:
+            raise ValueError("algo.nft: " + "; ".join(problems))
 
 
 def optimality(advantages: torch.Tensor, config: NFTConfig = NFTConfig(), *, backend=None) -> torch.Tensor:

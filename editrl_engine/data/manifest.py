@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import InputError
+
 REQUIRED_FIELDS = ("id", "source", "instruction")
 OPTIONAL_FIELDS = ("task_type", "requirement", "principles", "target", "spec")
 
@@ -57,7 +59,7 @@ class EditRow:
         return out
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """Bad manifest rows. `problems` holds (line number, field or None, message) for each one."""
 
     def __init__(self, path: Path | str, problems: Sequence[tuple[int, str | None, str]]):

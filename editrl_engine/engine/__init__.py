@@ -6,9 +6,12 @@
 - config.py       TrainConfig (TOML files + `--set` overrides)
 - tasks.py        the run's tasks, group keys and source images
 - distributed.py  torchrun placement: policy ranks, reward ranks, collectives
+- algorithms/     the RL algorithms as objects (NFT, GRPO): rollout, advantages, backward, after-step work
+- batch.py        the typed step data: Rollout, GRPOTrajectory, Batch (advantages, validity, split)
 - rollouts.py     a step's rollouts on one rank, chunk by chunk, handed to the scorer
 - scoring.py      scoring off the training thread (local thread or a reward rank), the reward ledger
-- updates.py      NFT and GRPO gradients through the fused losses
+- seeds.py        every random draw's seed from (run seed, step, sample, stream)
+- timing.py       a step's timing metrics
 - trainer.py      the loop, checkpoints, signals
 - checkpoint.py   atomic checkpoint folders
 - weights.py      full-weight safetensors (e.g. the demo's warm-up)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
+from ..errors import MissingPathError
 
 LATEST = "latest"
 
@@ -98,5 +99,5 @@ def save_torch(obj, path: Path) -> None:
 
 def load_torch(path: Path):
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} is missing; the checkpoint is incomplete")
+        raise MissingPathError(f"checkpoint file {path} is missing; the checkpoint is incomplete")
     return torch.load(path, map_location="cpu", weights_only=False)

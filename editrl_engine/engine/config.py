@@ -20,8 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..algo.advantages import AdvantageConfig
+from ..algo.grpo import GRPOConfig
+from ..algo.nft import NFTConfig
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key and the fix."""
 
 
@@ -90,46 +95,34 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class NFTSection:
-    beta: float = 1.0
-    kl_beta: float = 1e-4
-    adv_clip_max: float = 5.0
-    timestep_fraction: float = 0.99
-    decay_schedule: str = "default"
-    sample_adapter: str = "old"            # rollouts come from the old (sampling) policy, as in DiffusionNFT
-    group_noise: bool = False              # the samples of a group share their training timesteps and noise
-                                           # (common random numbers: the noise terms cancel across the group's
-                                           # advantages, which sum to zero); False draws them per sample
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOSection:
-    clip_low: float = 1e-4
-    clip_high: float = 1e-4
-    kl_beta: float = 0.0
-    timestep_fraction: float = 0.9
-    noise_level: float = 0.9
-    kind: str = "flow_grpo"                # flow_grpo | cps
-    window_size: int = 0                   # 0: SDE on every trained step; else a window drawn per step
-
-
-@dataclasses.dataclass(frozen=True)
-class AdvantageSection:
-    std: str = "group"                     # group | global
-    eps: float = 1e-4
-    clip: float = 5.0
-    filter_std: float = 0.05               # negative disables
-    filter_mean: float = 0.9               # negative disables
-    ban_std: float = 0.05                  # negative disables the ban
-    ban_mean: float = 0.9
-
-
-@dataclasses.dataclass(frozen=True)
 class AlgoConfig:
+    """[algo]: which algorithm trains, its settings section ([algo.nft], [algo.grpo]: the algorithm's own config
+    class, one field per algorithm of engine/algorithms) and the group advantages ([algo.advantage])."""
     name: str = "nft"                      # nft | grpo
-    nft: NFTSection = NFTSection()
-    grpo: GRPOSection = GRPOSection()
-    advantage: AdvantageSection = AdvantageSection()
+    nft: NFTConfig = NFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+
+    def __post_init__(self):
+        if self.name not in algorithm_names():
+            raise ConfigError(f"algo.name must be one of {algorithm_names()}, got {self.name!r}")
+
+    @property
+    def settings(self):
+        """The chosen algorithm's own section."""
+        return getattr(self, self.name)
+
+    def algorithm_class(self):
+        from .algorithms import ALGORITHMS
+        return ALGORITHMS[self.name]
+
+    def build(self, config: "TrainConfig", backend: str | None = None):
+        """The Algorithm object this section describes (engine/algorithms)."""
+        return self.algorithm_class()(self.settings, config, backend)
+
+
+def algorithm_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(AlgoConfig) if f.name not in ("name", "advantage")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,11 +238,20 @@ class TrainConfig:
     log: LogConfig = LogConfig()
     eval: EvalConfig = EvalConfig()
 
+    def __post_init__(self):
+        algorithm = self.algo.algorithm_class()
+        limit = algorithm.max_staleness
+        if self.pipeline.staleness > limit:
+            why = "deeper pipelines are not supported" if limit == 1 else f"{self.algo.name} needs on-policy samples"
+            raise ConfigError(f"pipeline.staleness is {self.pipeline.staleness} but {why}: set pipeline.staleness "
+                              f"= {limit} (or -1 for the algorithm's default)")
+
     @property
     def staleness(self) -> int:
+        """Steps between the policy that rolled a batch out and the one it trains (-1 in the file: the default)."""
         if self.pipeline.staleness >= 0:
             return self.pipeline.staleness
-        return 1 if self.algo.name == "nft" else 0
+        return self.algo.algorithm_class().default_staleness
 
     @property
     def out_dir(self) -> Path:
@@ -330,7 +332,12 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = ""):
     values = {}
     for name, value in data.items():
         values[name] = _coerce(hints[name], value, prefix + name)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as error:                  # a section's own validation (e.g. algo.nft)
+        raise ConfigError(str(error)) from None
 
 
 def _coerce(hint, value, key: str):

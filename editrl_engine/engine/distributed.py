@@ -1,8 +1,11 @@
-"""Placement on one node: which ranks train the policy and which score, and the collectives between them.
+"""Placement: which ranks train the policy and which score, and the collectives between them.
 
-Under torchrun every process reads RANK / WORLD_SIZE / LOCAL_RANK; without them the run is one process. Roles:
+Under torchrun every process reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE; without them the run is one
+process. Roles:
   colocated  every rank rolls out, scores its own samples and trains (DDP over the LoRA parameters)
-  separate   the last `reward_ranks` ranks only score; policy rank p sends its images to reward rank p % R
+  separate   placed by node: on each of the N nodes the last R / N local ranks only score, and a policy rank sends its
+             images to a reward rank of its own node (the i-th policy rank of a node to its (i % (R / N))-th reward
+             rank), so images never cross nodes to be scored. One node: the last R ranks score, policy p -> p % R.
 Policy ranks all-reduce gradients as one flat buffer (what DDP does, bucket of one) and all-gather rewards so
 every rank computes the same group advantages. Reward traffic uses gloo pair groups (images live on the CPU).
 """
@@ -16,6 +19,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..errors import InputError
 from .config import TrainConfig
 
 
@@ -30,6 +34,7 @@ class Placement:
     policy_group: object | None = None           # process group of the policy ranks (None: one process)
     pair_groups: dict[int, object] = dataclasses.field(default_factory=dict)   # policy rank -> its gloo pair group
     initialized_here: bool = False
+    served_by: dict[int, int] = dataclasses.field(default_factory=dict)      # policy rank -> reward rank (same node)
 
     @property
     def distributed(self) -> bool:
@@ -52,6 +57,8 @@ class Placement:
         return self.rank == self.policy_ranks[0]
 
     def reward_rank_for(self, rank: int) -> int:
+        if self.served_by:
+            return self.served_by[rank]
         return self.reward_ranks[self.policy_ranks.index(rank) % len(self.reward_ranks)]
 
     def policy_ranks_served_by(self, reward_rank: int) -> list[int]:
@@ -88,22 +95,77 @@ def _device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    policy_ranks: tuple[int, ...]
+    reward_ranks: tuple[int, ...]
+    served_by: dict[int, int]                                            # policy rank -> reward rank
+
+
+def assign_roles(rank: int, world: int, local_rank: int, local_world: int, reward_ranks: int,
+                 node: int | None = None, nodes: int | None = None) -> Roles:
+    """The roles of every rank of a `world` laid out node by node as torchrun does (node n holds the global ranks
+    n * local_world ... (n + 1) * local_world - 1), seen from `rank`: that layout is checked against this rank's
+    LOCAL_RANK / LOCAL_WORLD_SIZE (and torchrun's GROUP_RANK / GROUP_WORLD_SIZE as `node` / `nodes` when given).
+    reward_ranks = 0: every rank is a policy rank. Else each node's last reward_ranks / n_nodes local ranks score,
+    and the i-th policy rank of a node is served by that node's (i % its reward ranks)-th reward rank."""
+    if not reward_ranks:
+        return Roles(tuple(range(world)), (), {})
+    by_node = local_world >= 1 and world % local_world == 0 and rank % local_world == local_rank
+    if not by_node or (node is not None and rank // local_world != node) or \
+            (nodes is not None and nodes * local_world != world):
+        raise InputError(f"placement 'separate' places reward ranks per node and needs every node to run the same "
+                         f"number of processes, ranked node by node; rank {rank} of {world} has local rank "
+                         f"{local_rank} of {local_world} (node {node} of {nodes}). Launch every node with the same "
+                         f"torchrun --nproc-per-node, or use placement = 'colocated'")
+    n_nodes = world // local_world
+    if n_nodes == 1 and not 1 <= reward_ranks < world:
+        raise InputError(f"placement 'separate' needs 1 <= pipeline.reward_ranks < world size ({world}); got "
+                         f"{reward_ranks}. Launch with torchrun --nproc-per-node N or use placement = 'colocated'")
+    if reward_ranks < 1 or reward_ranks % n_nodes:
+        raise InputError(f"placement 'separate' puts pipeline.reward_ranks / nodes reward ranks on every node, so "
+                         f"pipeline.reward_ranks must be a positive multiple of the {n_nodes} nodes; got "
+                         f"{reward_ranks}. Set pipeline.reward_ranks to k * {n_nodes}")
+    per_node = reward_ranks // n_nodes
+    if per_node >= local_world:
+        raise InputError(f"placement 'separate' with pipeline.reward_ranks = {reward_ranks} over {n_nodes} nodes puts "
+                         f"{per_node} reward ranks on every node, which leaves no policy rank on a node of "
+                         f"{local_world} processes. Lower pipeline.reward_ranks below {n_nodes * local_world} "
+                         "or launch more processes per node (--nproc-per-node)")
+    policy, reward, served_by = [], [], {}
+    for base in range(0, world, local_world):
+        node_policy = list(range(base, base + local_world - per_node))
+        node_reward = list(range(base + local_world - per_node, base + local_world))
+        served_by.update({p: node_reward[i % per_node] for i, p in enumerate(node_policy)})
+        policy += node_policy
+        reward += node_reward
+    return Roles(tuple(policy), tuple(reward), served_by)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
 def init_placement(config: TrainConfig) -> Placement:
     """Start torch.distributed when torchrun launched us (or reuse a started one) and assign the roles."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = _env_int("LOCAL_WORLD_SIZE") or world                 # not set: one node holds every rank
     device = _device(config.run.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     pipe = config.pipeline
     if pipe.placement not in ("colocated", "separate"):
-        raise ValueError(f"pipeline.placement must be 'colocated' or 'separate', got {pipe.placement!r}")
+        raise InputError(f"pipeline.placement must be 'colocated' or 'separate', got {pipe.placement!r}")
     n_reward = pipe.reward_ranks if pipe.placement == "separate" else 0
-    if pipe.placement == "separate" and not 1 <= n_reward < world:
-        raise ValueError(f"placement 'separate' needs 1 <= pipeline.reward_ranks < world size ({world}); got "
+    if pipe.placement == "separate" and n_reward < 1:
+        raise InputError(f"placement 'separate' needs 1 <= pipeline.reward_ranks < world size ({world}); got "
                          f"{n_reward}. Launch with torchrun --nproc-per-node N or use placement = 'colocated'")
-    placement = Placement(rank, world, local_rank, device, tuple(range(world - n_reward)),
-                          tuple(range(world - n_reward, world)))
+    roles = assign_roles(rank, world, local_rank, local_world, n_reward, _env_int("GROUP_RANK"),
+                         _env_int("GROUP_WORLD_SIZE"))
+    placement = Placement(rank, world, local_rank, device, roles.policy_ranks, roles.reward_ranks,
+                          served_by=roles.served_by)
     if world == 1:
         return placement
     if not dist.is_initialized():

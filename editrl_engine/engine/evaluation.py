@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..policy.samplers import ode_sample
-from .tasks import TaskSet, reward_options
+from .tasks import TaskSet
 
 
 def finite_mean(rewards: torch.Tensor) -> float:
@@ -27,9 +27,9 @@ def finite_mean(rewards: torch.Tensor) -> float:
 
 @torch.no_grad()
 def sample_items(policy, tasks: TaskSet, items: Sequence[tuple[int, int]], *, num_steps: int = 8,
-                 batch_size: int = 64, guidance: float | None = None,
-                 autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One Euler sample per item (task index, seed) from that seed's noise: uint8 [n, 3, H, W] on the CPU."""
+                 batch_size: int = 64, guidance: float | None = None) -> torch.Tensor:
+    """One Euler sample per item (task index, seed) from that seed's noise: uint8 [n, 3, H, W] on the CPU. The
+    policy applies its own autocast (load_policy(autocast=...))."""
     sources = [tasks.image(tasks.keys[i], tasks.rows[i]) for i, _ in items]
     instructions = [tasks.rows[i].instruction for i, _ in items]
     batch_size = batch_size or len(items)
@@ -38,7 +38,7 @@ def sample_items(policy, tasks: TaskSet, items: Sequence[tuple[int, int]], *, nu
         hi = min(lo + batch_size, len(items))
         cond = policy.encode(sources[lo:hi], instructions[lo:hi])
         x0 = ode_sample(policy, cond, num_steps=num_steps, solver="euler", seed=[s for _, s in items[lo:hi]],
-                        guidance=guidance, autocast_dtype=autocast_dtype)
+                        guidance=guidance)
         images.append(policy.decode(x0, cond).cpu())                            # uint8 [b, 3, H, W]
     return torch.cat(images)
 
@@ -52,7 +52,7 @@ def evaluate_policy(policy, reward, tasks: TaskSet, *, num_steps: int = 8, seed:
     instructions = [row.instruction for row in tasks.rows]
     images = sample_items(policy, tasks, [(i, seed + i) for i in range(len(tasks.rows))], num_steps=num_steps,
                           batch_size=batch_size)
-    batch = reward.score(sources, instructions, list(images), **reward_options(reward, tasks.rows))
+    batch = reward.score(sources, instructions, list(images), rows=tasks.rows)     # each reward reads its rows
     rewards = batch.reward.float().cpu()                                        # [N]
     finite = torch.isfinite(rewards)
     mean = finite_mean(rewards)

@@ -1,13 +1,15 @@
 """Scoring off the training thread: rewards for a step's images arrive while the next rollouts run.
 
-    scorer = LocalScorer(reward)              # colocated: one worker thread calls reward.score
+    scorer = LocalScorer(reward)              # colocated: one worker thread calls reward.score_groups
     scorer = RemoteScorer(placement)          # separate: the images go to this rank's reward rank over gloo
     future = scorer.submit(job)               # returns at once
     scored = future.result()                  # ScoredJob: rewards [n], details, failures, seconds spent scoring
 
 `serve_rewards(reward, placement)` is the loop a reward rank runs until every policy rank it serves says stop.
-A job carries its sample ids; `RewardLedger` counts how often each sample's reward is consumed by an update, so
-a test (and the run's metrics) can check that every reward is used exactly once.
+A job carries its sample ids and its groups (`group_sizes`: the engine's rollouts are group-contiguous), and is
+scored through `reward.score_groups` with one manifest row per group. `RewardLedger` counts how often each
+sample's reward is consumed by an update, in bounded memory, so a test (and the run's metrics) can check that
+every reward is used exactly once.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import pickle
 import threading
 import time
@@ -24,16 +27,41 @@ import torch
 import torch.distributed as dist
 
 from ..data.manifest import EditRow
-from .tasks import reward_options
 
 
 @dataclasses.dataclass
 class ScoreJob:
+    """Samples to score, group-contiguous: group k is the next group_sizes[k] samples (one task's edits)."""
     sample_ids: list[tuple[int, int]]            # (step, global sample index) of each image
     sources: list[torch.Tensor]                  # uint8 [3, H, W] each
     instructions: list[str]
     edited: torch.Tensor                         # uint8 [n, 3, H, W] on the CPU
     rows: list[EditRow]
+    group_sizes: list[int]                       # samples per group, in order; sums to n
+
+    def __post_init__(self):
+        n = len(self.sample_ids)
+        lengths = {"sources": len(self.sources), "instructions": len(self.instructions),
+                   "edited": len(self.edited), "rows": len(self.rows)}
+        if any(length != n for length in lengths.values()):
+            raise ValueError(f"a ScoreJob needs one source, instruction, edited image and row per sample id "
+                             f"({n}), got {lengths}")
+        if sum(self.group_sizes) != n or any(size < 1 for size in self.group_sizes):
+            raise ValueError(f"group_sizes {self.group_sizes} must be positive and sum to the job's {n} samples")
+        for a, size in zip(self.group_starts(), self.group_sizes):
+            if any(self.instructions[i] != self.instructions[a] or self.rows[i] != self.rows[a]
+                   for i in range(a, a + size)):
+                raise ValueError(f"samples {a}..{a + size - 1} are one group by group_sizes but differ in instruction "
+                                 "or row; build group_sizes from the plan's group of each sample (run_lengths)")
+
+    def group_starts(self) -> list[int]:
+        """The index of each group's first sample."""
+        return [0, *itertools.accumulate(self.group_sizes)][:-1]
+
+
+def run_lengths(group_index: Sequence[int]) -> list[int]:
+    """Group sizes of group-contiguous samples from each sample's group index: [3, 3, 5, 5, 5] -> [2, 3]."""
+    return [len(list(run)) for _, run in itertools.groupby(group_index)]
 
 
 @dataclasses.dataclass
@@ -42,37 +70,21 @@ class ScoredJob:
     rewards: torch.Tensor                        # float32 [n], NaN where no reward could be had
     details: list[dict]
     failures: int
-    seconds: float                               # time spent inside reward.score
-
-
-def task_fields(reward, rows) -> dict[str, list]:
-    """What the manifest tells the reward about each sample's task: the logit reward's prompt carries the task
-    requirement (UniWorld-V2's), the verifier judges against the row's principles (generated where a row has
-    none). Empty when no row has any."""
-    kind = getattr(reward, "kind", None)
-    if kind == "mllm_logit" and any(r.requirement for r in rows):
-        return {"requirements": [r.requirement for r in rows]}
-    if kind == "verifier" and any(r.principles for r in rows):
-        return {"principles": [list(r.principles) or None for r in rows]}
-    return {}
+    seconds: float                               # time spent inside the reward
 
 
 def score_job(reward, job: ScoreJob) -> ScoredJob:
-    """Run the reward on one job: through its shared-prefix group path when it has one (the job's consecutive
-    samples of one task form a group), else one batched score() call."""
+    """Run the reward on one job's groups (reward.score_groups: its shared-prefix path where it has one); each
+    group's row tells the reward what it needs (requirement, principles, spec)."""
     start = time.perf_counter()
+    starts = job.group_starts()
     images = list(job.edited)
-    options = reward_options(reward, job.rows)
-    fields = task_fields(reward, job.rows)                                        # per sample, constant per task
-    if hasattr(reward, "score_groups") and not options:
-        starts = [i for i in range(len(images)) if i == 0 or job.rows[i].id != job.rows[i - 1].id
-                  or job.instructions[i] != job.instructions[i - 1]]
-        bounds = starts + [len(images)]
-        batch = reward.score_groups([job.sources[i] for i in starts], [job.instructions[i] for i in starts],
-                                    [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-                                    **{name: [values[i] for i in starts] for name, values in fields.items()})
-    else:
-        batch = reward.score(job.sources, job.instructions, images, **options, **fields)
+    batch = reward.score_groups([job.sources[a] for a in starts], [job.instructions[a] for a in starts],
+                                [images[a: a + size] for a, size in zip(starts, job.group_sizes)],
+                                rows=[job.rows[a] for a in starts])
+    if len(batch) != len(images):
+        raise RuntimeError(f"the {getattr(reward, 'kind', type(reward).__name__)} reward returned {len(batch)} "
+                           f"rewards for a job of {len(images)} samples")
     rewards = batch.reward.detach().float().cpu()
     return ScoredJob(job.sample_ids, rewards, batch.details, int(batch.failures), time.perf_counter() - start)
 
@@ -149,21 +161,85 @@ def serve_rewards(reward, placement) -> dict[str, float]:
 
 
 class RewardLedger:
-    """How many times each sample's reward was consumed by an update (must be exactly once)."""
+    """How many times each sample's reward was consumed by an update (must be exactly once), in bounded memory.
+
+    Updates consume whole steps in step order, so only the sample ids of the last WINDOW steps are kept, to catch
+    a second use; the rest of the run is counts: `consumed` (uses in all), `steps` (distinct steps), `first_step`,
+    `last_step`. A use of a step that already left the window is a violation too (its earlier uses are no longer
+    known; in a run that consumes steps in order it can only be a late repeat). `violations()` maps each sample
+    consumed more than once to its count. With `audit = True` (set on the class, as the tests do) every sample's
+    count is also kept in `uses` and checkpointed, and `violations()` reads it (any count != 1).
+    """
+
+    WINDOW = 2                                   # steps whose sample ids are kept
+    audit = False
 
     def __init__(self):
-        self.uses: collections.Counter = collections.Counter()
+        self.audit = bool(self.audit)                                # fixed for this ledger's life
         self.lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.uses: collections.Counter | None = collections.Counter() if self.audit else None
+        self.consumed, self.steps = 0, 0
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.closed_through: int | None = None   # the newest step that left the window
+        self.recent: dict[int, collections.Counter] = {}       # step -> Counter of sample index, last WINDOW steps
+        self.repeats: dict[tuple[int, int], int] = {}          # the violations seen (each one is a bug)
 
     def consume(self, sample_ids: Sequence[tuple[int, int]]) -> None:
         with self.lock:
-            self.uses.update(tuple(s) for s in sample_ids)
+            for step, n in (tuple(s) for s in sample_ids):
+                self._use(int(step), int(n))
+
+    def _use(self, step: int, n: int) -> None:
+        self.consumed += 1
+        if self.uses is not None:
+            self.uses[(step, n)] += 1
+        if self.closed_through is not None and step <= self.closed_through:
+            self.repeats[(step, n)] = self.repeats.get((step, n), 1) + 1           # a late use: a repeat
+            return
+        if step not in self.recent:
+            self.recent[step] = collections.Counter()
+            self.steps += 1
+            self.first_step = step if self.first_step is None else min(self.first_step, step)
+            self.last_step = step if self.last_step is None else max(self.last_step, step)
+            while len(self.recent) > self.WINDOW:
+                oldest = min(self.recent)
+                del self.recent[oldest]
+                self.closed_through = oldest if self.closed_through is None else max(self.closed_through, oldest)
+        counts = self.recent[step]
+        counts[n] += 1
+        if counts[n] > 1:
+            self.repeats[(step, n)] = counts[n]
 
     def violations(self) -> dict[tuple[int, int], int]:
-        return {k: v for k, v in self.uses.items() if v != 1}
+        if self.uses is not None:
+            return {k: v for k, v in self.uses.items() if v != 1}
+        return dict(self.repeats)
 
     def state_dict(self) -> dict:
-        return {"uses": [[*k, v] for k, v in sorted(self.uses.items())]}
+        state = {"version": 2, "consumed": self.consumed, "steps": self.steps, "first_step": self.first_step,
+                 "last_step": self.last_step, "closed_through": self.closed_through,
+                 "recent": {step: sorted(counts.items()) for step, counts in self.recent.items()},
+                 "repeats": [[*k, v] for k, v in sorted(self.repeats.items())]}
+        if self.uses is not None:
+            state["uses"] = [[*k, v] for k, v in sorted(self.uses.items())]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.uses = collections.Counter({(s, n): v for s, n, v in state["uses"]})
+        """A state of this ledger, or of the old per-sample one ({"uses": [[step, n, count], ...]}, replayed)."""
+        self._reset()
+        if "version" not in state:                                   # old format: every sample's count
+            for step, n, count in sorted(state["uses"]):
+                for _ in range(int(count)):
+                    self._use(int(step), int(n))
+            return
+        self.consumed, self.steps = int(state["consumed"]), int(state["steps"])
+        self.first_step, self.last_step = state["first_step"], state["last_step"]
+        self.closed_through = state["closed_through"]
+        self.recent = {int(step): collections.Counter(dict(items)) for step, items in state["recent"].items()}
+        self.repeats = {(s, n): v for s, n, v in state["repeats"]}
+        if self.audit:
+            self.uses = collections.Counter({(s, n): v for s, n, v in state.get("uses", [])})

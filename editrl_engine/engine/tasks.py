@@ -3,10 +3,10 @@
     tasks = TaskSet.from_config(config.data)
     tasks.rows, tasks.keys                     # for the GroupSampler
     tasks.image(key)                           # uint8 [3, H, W], decoded once and cached
-    tasks.reward_options(rows)                 # what a reward needs beyond the triples (tasks=, requirements=)
 
-Synthetic tasks live in memory: their rows carry the structured spec (so the programmatic reward can verify them)
-and their group key hashes the source pixels. Manifest rows key on the sha256 of the source file (data.manifest).
+Synthetic tasks live in memory: their rows carry the structured spec (the programmatic reward reads it from the
+rows it is given) and their group key hashes the source pixels. Manifest rows key on the sha256 of the source
+file (data.manifest).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..data.manifest import EditRow, GroupKey, group_key, read_manifest
 from ..data.synthetic import ShapeTask, make_task, make_tasks
+from ..errors import InputError
 from .config import DataConfig
 
 
@@ -73,7 +74,7 @@ class TaskSet:
                 with Image.open(row.source) as image:
                     array = np.asarray(image.convert("RGB")).copy()
             except (OSError, ValueError) as error:
-                raise ValueError(f"task {row.id!r}: cannot read source image {row.source}: {error}; fix or remove "
+                raise InputError(f"task {row.id!r}: cannot read source image {row.source}: {error}; fix or remove "
                                  "the row from the manifest") from None
             self.images[key] = torch.from_numpy(array).permute(2, 0, 1)
         return self.images[key]
@@ -84,11 +85,3 @@ def _key(task: ShapeTask, image: torch.Tensor | None = None) -> GroupKey:
     image = task.source_image() if image is None else image
     return GroupKey(task.instruction, hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest())
 
-
-def reward_options(reward, rows: Sequence[EditRow]) -> dict:
-    """Per-sample extras a reward's score() accepts: the structured tasks for the programmatic verifier (inside a
-    combined reward: under that part's name)."""
-    from ..reward.combined import CombinedReward
-    if isinstance(reward, CombinedReward):
-        return {name: {"tasks": list(rows)} for name, (part, _) in reward.parts.items() if part.kind == "programmatic"}
-    return {"tasks": list(rows)} if reward.kind == "programmatic" else {}

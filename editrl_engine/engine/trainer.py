@@ -1,20 +1,20 @@
 """The pipelined rollout -> score -> update loop (DiffusionNFT by default, Flow-GRPO by config).
 
-    trainer = Trainer(load_config("demo"))
-    summary = trainer.train(resume=False)
+    trainer = Trainer(load_config("demo"))        # checks the config; starts nothing
+    summary = trainer.train(resume=False)         # joins the process group, builds the models, runs
 
-One step on a policy rank: draw the step's groups (GroupSampler), roll out this rank's samples in chunks and hand
-each chunk to the scorer, take the rewards of the step being trained, all-gather them, group advantages with
-low-variance filtering and prompt banning, the loss's gradients, an all-reduce, clipping, AdamW, the old-adapter
-soft update (NFT) and the EMA. With staleness 1 (NFT's default) the rollouts of step k + 1 are made and scored
-while step k waits for its rewards and trains, so scoring hides behind sampling; with staleness 0 (GRPO's
-default, its ratios need on-policy samples) only the chunks of one step overlap.
+One step on a policy rank (train_step): draw the step's groups (GroupSampler), roll out this rank's samples in
+chunks and hand each chunk to the scorer, take the rewards of the step being trained, all-gather them, group
+advantages with low-variance filtering and prompt banning, the loss's gradients, an all-reduce, clipping, AdamW,
+the algorithm's after-step work (NFT: the old adapter's soft update) and the EMA. The algorithm is an object
+(engine/algorithms) the trainer calls through one interface. With staleness 1 (NFT's default) the rollouts of
+step k + 1 are made and scored while step k waits for its rewards and trains, so scoring hides behind sampling;
+with staleness 0 (GRPO's default, its ratios need on-policy samples) only the chunks of one step overlap.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 import time
 import warnings
@@ -22,26 +22,23 @@ from pathlib import Path
 
 import torch
 
-from ..algo.advantages import AdvantageConfig, step_advantages
 from ..algo.sampler import GroupSampler
+from ..errors import InputError, MissingPathError
 from ..policy import load_policy
-from ..policy.lora import adapter_state_dict, nft_decay, save_adapter
+from ..policy.lora import adapter_state_dict, save_adapter
 from . import checkpoint as ckpt
+from .batch import Batch, Rollout, rollout_from_record, rollout_record
 from .config import RewardConfig, TrainConfig, dump_toml
 from .distributed import (Placement, all_gather_rows, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                           init_placement)
-from .rollouts import LocalRollout, rollout_step
-from .sharding import full, load_into
+from .rollouts import rollout_step
 from .scoring import LocalScorer, RemoteScorer, RewardLedger, serve_rewards
+from .sharding import full, load_into
 from .tasks import TaskSet
-from .updates import grpo_backward, nft_backward
+from .timing import StepClock
 from .weights import load_full_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _none_if_negative(x: float) -> float | None:
-    return None if x < 0 else x
 
 
 def build_reward(config: TrainConfig, device: torch.device):
@@ -74,27 +71,26 @@ def resolve_package_path(path: str) -> str:
 def build_policy(config: TrainConfig, device: torch.device):
     p = config.policy
     policy = load_policy(p.family, path=p.path or None, preset=p.preset or None, device=device,
-                         dtype=DTYPES[config.run.dtype], attention=p.attention)
+                         dtype=DTYPES[config.run.dtype], attention=p.attention, autocast=config.run.autocast)
     if p.init:
         load_full_weights(policy, resolve_package_path(p.init))
     policy.apply_run_options(gradient_checkpointing=p.gradient_checkpointing, compile=p.compile)
-    if config.run.autocast:
-        policy.autocast = True
     return policy
 
 
 @dataclasses.dataclass
 class Pending:
-    """A step rolled out on this rank whose rewards may still be coming."""
-    rollout: LocalRollout
+    """A step rolled out on this rank whose rewards may still be coming: the futures live beside the rollout."""
+    rollout: Rollout
+    futures: list = dataclasses.field(default_factory=list)   # one scoring future per chunk, in order
     scored: list | None = None                # ScoredJob per chunk once collected
 
     def collect(self) -> float:
         """Wait for every chunk's rewards; returns the seconds spent waiting."""
         start = time.perf_counter()
         if self.scored is None:
-            self.scored = [f.result() for f in self.rollout.futures]
-            self.rollout.futures = []
+            self.scored = [f.result() for f in self.futures]
+            self.futures = []
         return time.perf_counter() - start
 
 
@@ -105,50 +101,56 @@ class StopRequested(Exception):
 class Trainer:
     def __init__(self, config: TrainConfig, *, placement: Placement | None = None, policy=None, reward=None,
                  tasks: TaskSet | None = None, eval_tasks: TaskSet | None = None, logger=None, gold=None):
-        if config.algo.name not in ("nft", "grpo"):
-            raise ValueError(f"algo.name must be 'nft' or 'grpo', got {config.algo.name!r}")
-        if config.staleness > 1:
-            raise ValueError(f"pipeline.staleness must be 0 or 1 (got {config.staleness}): deeper pipelines are not "
-                             "supported")
-        if config.algo.name == "grpo" and config.staleness != 0:
-            raise ValueError("Flow-GRPO needs on-policy log-probs: set pipeline.staleness = 0 (or -1 for the default)")
+        """Checks the config and builds what needs no model and no process group; train() starts the rest."""
         if config.eval.every > 0:
             from .watch import check_eval_config
             check_eval_config(config, tasks_given=eval_tasks is not None)      # before any model is built
         self.config = config
-        self.placement = placement or init_placement(config)
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
-        self.device = self.placement.device
+        self.backend = config.run.ops_backend or None
+        self.algorithm = config.algo.build(config, self.backend)
+        self.staleness = config.staleness
         self.out_dir = config.out_dir
         self.tasks = tasks or TaskSet.from_config(config.data)
         self.eval_tasks = eval_tasks
-        self._policy, self._reward, self._logger = policy, reward, logger
-        self._gold = gold                                    # the watch's gold judge (else built from [eval.gold])
+        self._placement = placement
+        self._policy, self._reward, self._logger, self._gold = policy, reward, logger, gold
         self.watch = None                                    # GoldWatch when eval.every > 0 (built in train())
         self.stop_reason: str | None = None                  # "divergence": the watch asked the run to stop
-        self.ledger = RewardLedger()
-        self.backend = config.run.ops_backend or None
         self.stop_signal: int | None = None
+        self.ledger = RewardLedger()
+        self.clock = StepClock()
         self.step = 0
         self.history: list[dict] = []
+        self.ready = False
 
     # ---- set-up ----------------------------------------------------------------------------------------------
+    @property
+    def placement(self) -> Placement:
+        """This process's place in the run; the first use joins the torchrun process group."""
+        if self._placement is None:
+            self._placement = init_placement(self.config)
+            if self.config.run.threads:
+                torch.set_num_threads(self.config.run.threads)
+        return self._placement
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
     def setup(self) -> None:
+        """Build the policy with its LoRA, the algorithm's adapters, optimizer, schedule, EMA and group sampler
+        (policy ranks; once)."""
         cfg, place = self.config, self.placement
-        if not place.is_policy:
+        if self.ready or not place.is_policy:
             return
         self.policy = self._policy or build_policy(cfg, self.device)
-        targets = list(cfg.policy.lora_targets) or None
         with torch.random.fork_rng(devices=[]):              # LoRA A-matrices drawn from the run's seed
             torch.manual_seed(cfg.run.seed)
-            self.policy.add_lora(cfg.policy.lora_rank, cfg.policy.lora_alpha, targets)
-        if cfg.algo.name == "nft":
-            self.policy.add_old_adapter()
+            self.policy.add_lora(cfg.policy.lora_rank, cfg.policy.lora_alpha, list(cfg.policy.lora_targets) or None)
+        self.algorithm.attach(self.policy)
         self.params = self.policy.lora_parameters()
         broadcast_parameters(self.params, place)
-        if cfg.algo.name == "nft":
-            self.policy.update_old_adapter(0.0)                      # the old adapter starts equal everywhere
+        self.algorithm.start(self.policy)
         self.fsdp = cfg.pipeline.fsdp and place.policy_world > 1
         if self.fsdp:
             from .sharding import shard_transformer
@@ -164,10 +166,7 @@ class Trainer:
         self.sampler = GroupSampler(self.tasks.rows, group_size=cfg.sampling.group_size,
                                     groups_per_step=cfg.sampling.groups_per_step, seed=cfg.run.seed,
                                     world_size=place.policy_world, keys=self.tasks.keys)
-        a = cfg.algo.advantage
-        self.adv_config = AdvantageConfig(std=a.std, eps=a.eps, clip=a.clip, filter_std=_none_if_negative(a.filter_std),
-                                          filter_mean=_none_if_negative(a.filter_mean),
-                                          ban_std=_none_if_negative(a.ban_std), ban_mean=_none_if_negative(a.ban_mean))
+        self.ready = True
 
     def _make_scorer(self):
         if self.placement.reward_ranks:
@@ -175,14 +174,18 @@ class Trainer:
         self.reward = self._reward or build_reward(self.config, self.device)
         return LocalScorer(self.reward)
 
-    @property
-    def logger(self):
+    def _open_logger(self):
+        """The run's logger, opened at the current step (a resumed run drops the later lines of the old one)."""
         if self._logger is None:
             from .metrics import RunLogger
             self._logger = RunLogger(self.out_dir, total_steps=self.config.run.steps, start_step=self.step,
                                      tensorboard=self.config.log.tensorboard, progress=self.config.log.progress,
                                      enabled=self.placement.is_main)
         return self._logger
+
+    @property
+    def logger(self):
+        return self._open_logger()
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
@@ -196,26 +199,24 @@ class Trainer:
         if self.config.eval.every > 0:                       # the gold-judge watch; nothing of it exists otherwise
             from .watch import GoldWatch
             self.watch = GoldWatch(self.config, self.placement, tasks=self.eval_tasks, gold=self._gold)
-        pending: Pending | None = None
-        if resume:
-            pending = self.load_latest()
+        pending = self.load_latest() if resume else None
         if self.placement.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_text_atomic(self.out_dir / "config.toml", dump_toml(self.config))
         scorer = self._make_scorer()
-        self.logger                                               # opened at the start step (drops later lines)
+        self._open_logger()
         if self.watch is not None:
             self.logger.log_text(self.watch.describe())
         total = self.config.run.steps
-        self._mark, self._rollout_seconds = time.perf_counter(), 0.0
+        self.clock = StepClock()
         last_checkpoint = None
         with self._signals():
             try:
                 if pending is None and self.step < total:
-                    pending = self._rollout(self.sampler.next_plan(), scorer)
+                    pending = self._start_rollouts(scorer)
                 while self.step < total:
                     watched = self._watch_step(scorer) if self.watch is not None else None
-                    pending = self._train_step(pending, scorer, total, watched)
+                    pending = self.train_step(pending, scorer, watched)
                     if self._should_stop():
                         last_checkpoint = self.save_checkpoint(pending)
                         raise StopRequested
@@ -223,13 +224,7 @@ class Trainer:
                     if (every and self.step % every == 0) or self.step == total:
                         last_checkpoint = self.save_checkpoint(pending)
             except StopRequested:
-                if self.stop_signal is None and self.stop_reason == "divergence":
-                    self.logger.log_warning(f"stopped after step {self.step}: the gold judge diverged from the "
-                                            f"training reward (eval.stop_on_divergence); checkpoint {last_checkpoint}; "
-                                            "continue with --resume")
-                else:
-                    self.logger.log_text(f"stopped by signal {self.stop_signal} after step {self.step}; checkpoint "
-                                         f"{last_checkpoint}; continue with --resume")
+                self._log_stop(last_checkpoint)
             finally:
                 scorer.close()
                 self.logger.close()
@@ -238,11 +233,103 @@ class Trainer:
                 "last": self.history[-1] if self.history else {}, "stopped_by_signal": self.stop_signal,
                 "stopped_on_divergence": self.stop_reason == "divergence"}
 
-    def _rollout(self, plan, scorer) -> Pending:
-        pending = Pending(rollout_step(self.policy, plan, self.placement.policy_rank, self.config, self.tasks,
-                                       scorer.submit))
-        self._rollout_seconds += pending.rollout.seconds
-        return pending
+    def train_step(self, pending: Pending, scorer, watched: dict | None = None) -> Pending | None:
+        """One training step on `pending` (this step's rollouts); returns the next step's, already started."""
+        more = self.step + 1 < self.config.run.steps
+        upcoming = self._start_rollouts(scorer) if self.staleness == 1 and more else None
+        waited = pending.collect()
+        started = time.perf_counter()
+        rewards, failures = self._gather_rewards(pending)
+        batch, metrics = self._advantages(pending.rollout, rewards)
+        metrics.update(self._update(batch, failures))
+        self._after_update()
+        update_seconds = time.perf_counter() - started
+        if self.staleness == 0 and more:
+            upcoming = self._start_rollouts(scorer)
+        scored_seconds = sum(s.seconds for s in pending.scored)
+        metrics.update(self.clock.step_metrics(waited=waited, update=update_seconds, score=scored_seconds,
+                                               images=pending.rollout.plan.num_samples))
+        metrics.update(staleness=self.staleness, lr=self.scheduler.get_last_lr()[0], **(watched or {}))
+        self._record(metrics, pending)
+        return upcoming
+
+    # ---- the step's parts ----------------------------------------------------------------------------------------
+    def _start_rollouts(self, scorer) -> Pending:
+        """Roll out the next plan's local samples; each chunk goes to the scorer as soon as it is decoded."""
+        rollout, futures = rollout_step(self.policy, self.algorithm, self.sampler.next_plan(),
+                                        self.placement.policy_rank, self.tasks, self.config.sampling.rollout_batch,
+                                        scorer.submit)
+        self.clock.add_rollout(rollout.seconds)
+        return Pending(rollout, futures)
+
+    def _gather_rewards(self, pending: Pending) -> tuple[torch.Tensor, float]:
+        """The step's rewards of every policy rank [N] (each consumed once, on the ledger), and this rank's
+        parse failures."""
+        for s in pending.scored:
+            self.ledger.consume(s.sample_ids)
+        local = torch.cat([s.rewards for s in pending.scored])                             # [n]
+        return all_gather_rows(local.to(self.device), self.placement), float(sum(s.failures for s in pending.scored))
+
+    def _advantages(self, rollout: Rollout, rewards: torch.Tensor) -> tuple[Batch, dict[str, float]]:
+        """Group advantages of the global rewards [N]; bans solved groups; this rank's rows as a Batch."""
+        plan = rollout.plan
+        group_index = torch.tensor(plan.group_index, device=self.device)                   # [N]
+        adv = self.algorithm.advantages(rewards, group_index, plan.keys)
+        self.sampler.ban(adv.ban)
+        local = plan.rank_slice(self.placement.policy_rank)
+        valid = adv.valid[local]                                                          # [n]
+        batch = Batch(rollout, adv.advantages[local], valid, valid.tolist(), list(range(valid.shape[0])))
+        return batch, dict(adv.stats)
+
+    def _update(self, batch: Batch, failures: float) -> dict[str, float]:
+        """optim.updates_per_step optimizer steps, each on a part of the batch: gradients, all-reduce, clip, AdamW.
+        A part with no valid row on any rank takes no step."""
+        place, o = self.placement, self.config.optim
+        parts = batch.split(max(1, o.updates_per_step))
+        counts = torch.tensor([float(p.local_valid) for p in parts] + [failures])
+        counts = all_reduce_sum(counts.to(self.device), place).cpu().tolist()            # [parts + 1]
+        totals: dict[str, torch.Tensor] = {}
+        grad_norms = []
+        self.policy.transformer.train()
+        for part, global_valid in zip(parts, counts[:-1]):
+            self.optimizer.zero_grad(set_to_none=True)
+            if global_valid == 0:
+                continue
+            part.global_valid = global_valid
+            stats = self.algorithm.backward(self.policy, part, grad_scale=place.policy_world if self.fsdp else 1.0)
+            if not self.fsdp:                               # FSDP2 reduce-scatters in backward
+                all_reduce_gradients(self.params, place)
+            clip = o.grad_clip if o.grad_clip > 0 else float("inf")
+            grad_norms.append(full(torch.nn.utils.clip_grad_norm_(self.params, clip)))
+            self.optimizer.step()
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0.0) + value
+        self.policy.transformer.eval()
+        metrics = {"parse_failures": counts[-1], "optimizer_steps": len(grad_norms),
+                   "grad_norm": torch.stack(grad_norms).max().item() if grad_norms else 0.0}
+        if totals:                                          # one transfer for the loss statistics
+            names = list(totals)
+            values = torch.stack([torch.as_tensor(totals[k], device=self.device).float() for k in names])
+            metrics.update(zip(names, all_reduce_sum(values, place).cpu().tolist()))
+        return metrics
+
+    def _after_update(self) -> None:
+        """The schedule (it advances per training step, stepped or not), the algorithm's after-step work, the EMA."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.algorithm.after_step(self.policy, self.step)
+        o = self.config.optim
+        if self.ema is not None and (self.step + 1) % o.ema_every == 0:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
+
+    def _record(self, metrics: dict, pending: Pending) -> None:
+        self.history.append({"step": self.step, **metrics})       # steps count from 0
+        self.logger.log_step(self.step, metrics)
+        self._maybe_log_images(pending)
+        self.step += 1
 
     def _watch_step(self, scorer) -> dict | None:
         """The gold-judge evaluation due before this step's update (None when none is due): its metrics, the alarm's
@@ -253,105 +340,21 @@ class Trainer:
         swap = self._swap_ema() if self.config.eval.use_ema else contextlib.nullcontext()
         with swap:
             result = watch.evaluate(self.policy, scorer.submit)
-        self._mark += result.metrics["eval/seconds"]              # not part of the step's time or images/s
+        self.clock.exclude(result.metrics["eval/seconds"])         # not part of the step's time or images/s
         if result.alarm:
             self.logger.log_warning(watch.alarm_message(self.step, result))
             if self.config.eval.stop_on_divergence and self.stop_reason is None:
                 self.stop_reason = "divergence"                    # this step finishes, then checkpoint and stop
         return result.metrics
 
-    def _train_step(self, pending: Pending, scorer, total: int, watched: dict | None = None) -> Pending | None:
-        cfg = self.config
-        next_pending = None
-        if cfg.staleness == 1 and self.step + 1 < total:     # roll out step k + 1 while step k's rewards arrive
-            next_pending = self._rollout(self.sampler.next_plan(), scorer)
-        waited = pending.collect()
-        update_start = time.perf_counter()
-        metrics = self._update(pending)
-        update_seconds = time.perf_counter() - update_start
-        if cfg.staleness == 0 and self.step + 1 < total:
-            next_pending = self._rollout(self.sampler.next_plan(), scorer)
-        score_seconds = sum(s.seconds for s in pending.scored)
-        now = time.perf_counter()
-        wall, self._mark = now - self._mark, now                 # since the previous step ended (its rollouts included)
-        rollout_seconds, self._rollout_seconds = self._rollout_seconds, 0.0
-        images = pending.rollout.plan.num_samples
-        metrics.update({
-            "time_rollout": rollout_seconds, "time_score": score_seconds, "time_update": update_seconds,
-            "time_idle": waited, "time_step": wall, "images_per_s": images / wall if wall > 0 else math.nan,
-            "staleness": cfg.staleness, "lr": self.scheduler.get_last_lr()[0],
-            "score_hidden_frac": 1 - waited / score_seconds if score_seconds > 0 else math.nan,
-        })
-        if watched:
-            metrics.update(watched)
-        self.history.append({"step": self.step, **metrics})       # steps count from 0
-        self.logger.log_step(self.step, metrics)
-        self._maybe_log_images(pending)
-        self.step += 1
-        return next_pending
-
-    # ---- the update --------------------------------------------------------------------------------------------
-    def _update(self, pending: Pending) -> dict[str, float]:
-        cfg, place, rollout = self.config, self.placement, pending.rollout
-        plan = rollout.plan
-        local_rewards = torch.cat([s.rewards for s in pending.scored])                     # [n]
-        for s in pending.scored:
-            self.ledger.consume(s.sample_ids)
-        failures = torch.tensor([float(sum(s.failures for s in pending.scored))])
-        rewards = all_gather_rows(local_rewards.to(self.device), place)                    # [N]
-        group_index = torch.tensor(plan.group_index, device=self.device)                   # [N]
-        adv = step_advantages(rewards, group_index, plan.keys, self.adv_config, backend=self.backend)
-        self.sampler.ban(adv.ban)
-        local = plan.rank_slice(place.policy_rank)
-        advantages, valid = adv.advantages[local], adv.valid[local]                       # [n]
-        n = advantages.shape[0]
-        parts = max(1, cfg.optim.updates_per_step)
-        bounds = [round(i * n / parts) for i in range(parts + 1)]
-        part_rows = [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]
-        valid_host = valid.tolist()
-        counts = torch.tensor([float(sum(valid_host[i] for i in rows)) for rows in part_rows] + [failures.item()])
-        counts = all_reduce_sum(counts.to(self.device), place).cpu()                     # [parts + 1]
-        metrics = dict(adv.stats)
-        metrics["parse_failures"] = counts[-1].item()
-        totals: dict[str, float] = {}
-        grad_norms = []
-        self.policy.transformer.train()
-        for rows, part_valid in zip(part_rows, counts[:-1].tolist()):
-            self.optimizer.zero_grad(set_to_none=True)
-            if part_valid == 0:
-                continue                                    # every sample filtered: no gradient, no optimizer step
-            backward = nft_backward if cfg.algo.name == "nft" else grpo_backward
-            part_stats = backward(self.policy, rollout, advantages, valid, valid_host, rows, part_valid, cfg,
-                                  self.backend, grad_scale=place.policy_world if self.fsdp else 1.0)
-            if not self.fsdp:                               # FSDP2 reduce-scatters in backward
-                all_reduce_gradients(self.params, place)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0
-                                                  else float("inf"))
-            grad_norms.append(full(norm))
-            self.optimizer.step()
-            for name, value in part_stats.items():
-                totals[name] = totals.get(name, 0.0) + value
-        with warnings.catch_warnings():               # the schedule advances per training step, stepped or not
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            self.scheduler.step()
-        self.policy.transformer.eval()
-        if cfg.algo.name == "nft":
-            self.policy.update_old_adapter(nft_decay(self.step + 1, cfg.algo.nft.decay_schedule))
-        o = cfg.optim
-        if self.ema is not None and (self.step + 1) % o.ema_every == 0:
-            with torch.no_grad():
-                for e, p in zip(self.ema, self.params):
-                    e.mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
-        host = {}
-        if totals:                                          # one transfer for the loss statistics
-            names = list(totals)
-            values = all_reduce_sum(torch.stack([torch.as_tensor(totals[k], device=self.device).float()
-                                                 for k in names]), place).cpu().tolist()
-            host = dict(zip(names, values))
-        metrics.update(host)
-        metrics["grad_norm"] = torch.stack(grad_norms).max().item() if grad_norms else 0.0
-        metrics["optimizer_steps"] = len(grad_norms)
-        return metrics
+    def _log_stop(self, checkpoint) -> None:
+        if self.stop_signal is None and self.stop_reason == "divergence":
+            self.logger.log_warning(f"stopped after step {self.step}: the gold judge diverged from the training "
+                                    f"reward (eval.stop_on_divergence); checkpoint {checkpoint}; continue with "
+                                    "--resume")
+        else:
+            self.logger.log_text(f"stopped by signal {self.stop_signal} after step {self.step}; checkpoint "
+                                 f"{checkpoint}; continue with --resume")
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -398,7 +401,9 @@ class Trainer:
 
     # ---- checkpoints and signals ---------------------------------------------------------------------------------
     def save_checkpoint(self, pending: Pending | None) -> Path:
-        place, nft = self.placement, self.config.algo.name == "nft"
+        """An atomic checkpoint folder: the LoRA adapters (diffusers-loadable), trainer.pt (shared state) and one
+        rank-<r>.pt per policy rank (its RNG, its pending rollout with rewards, its ledger)."""
+        place = self.placement
         if pending is not None:
             pending.collect()                              # its rewards are part of the saved state
         stage = ckpt.staging_dir(self.out_dir, self.step)
@@ -406,29 +411,25 @@ class Trainer:
             ckpt.begin(self.out_dir, self.step)
         place.policy_barrier()
         # gathered on every policy rank (collectives when sharded), written by the first
-        adapters = {"lora": adapter_state_dict(self.policy.transformer, "default")}
-        if nft:
-            adapters["lora_old"] = adapter_state_dict(self.policy.transformer, "old")
+        adapters = {name: adapter_state_dict(self.policy.transformer, name)
+                    for name in ("default", *self.algorithm.extra_adapters)}
         params = [full(p) for p in self.params]
-        old = [full(p) for p in self.policy.lora_parameters("old")] if nft else []
+        algorithm = self.algorithm.state_dict(self.policy)
         ema = [full(e) for e in self.ema] if self.ema is not None else None
         optimizer = self.optimizer.state_dict()
         if place.is_main:
-            for folder, state in adapters.items():
+            for name, state in adapters.items():
+                folder = "lora" if name == "default" else f"lora_{name}"
                 save_adapter(self.policy.transformer, self.policy.lora_pipeline_class, stage / folder,
-                             adapter="default" if folder == "lora" else "old", state=state)
+                             adapter=name, state=state)
             ckpt.save_torch({
-                "step": self.step, "params": params, "old_params": old,
+                "step": self.step, "params": params, "algorithm": algorithm,
                 "optimizer": None if self.fsdp else optimizer, "scheduler": self.scheduler.state_dict(),
-                "ema": ema, "sampler": self.sampler.state_dict(), "ledger": self.ledger.state_dict(),
-                "history": self.history, "fsdp": self.fsdp,
+                "ema": ema, "sampler": self.sampler.state_dict(), "history": self.history, "fsdp": self.fsdp,
                 "watch": self.watch.state_dict() if self.watch is not None else None,
             }, stage / "trainer.pt")
             ckpt.write_text_atomic(stage / "config.toml", dump_toml(self.config))
-        local = None
-        if pending is not None:
-            r = pending.rollout
-            local = {"rollout": dataclasses.replace(r, futures=[]), "scored": pending.scored}
+        local = None if pending is None else {"rollout": rollout_record(pending.rollout), "scored": pending.scored}
         ckpt.save_torch({"rng": ckpt.rng_state(), "pending": local, "ledger": self.ledger.state_dict(),
                          "optimizer": optimizer if self.fsdp else None},       # sharded optimizer state per rank
                         stage / f"rank-{place.policy_rank}.pt")
@@ -443,17 +444,16 @@ class Trainer:
         """Restore the newest checkpoint of the run folder; returns the pending batch it carried (or None)."""
         path = ckpt.latest(self.out_dir)
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.out_dir)}; start "
+            raise MissingPathError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.out_dir)}; start "
                                     "without --resume")
         state = ckpt.load_torch(path / "trainer.pt")
         if state.get("fsdp", False) != self.fsdp:
-            raise ValueError(f"{path} was written with pipeline.fsdp={state.get('fsdp', False)}; resume with the "
+            raise InputError(f"{path} was written with pipeline.fsdp={state.get('fsdp', False)}; resume with the "
                              "same setting and the same number of policy ranks")
         for p, saved in zip(self.params, state["params"], strict=True):
             load_into(p, saved)
-        for p, saved in zip(self.policy.lora_parameters("old") if state["old_params"] else [], state["old_params"],
-                            strict=True):
-            load_into(p, saved)
+        algorithm = state["algorithm"] if "algorithm" in state else {"old_params": state["old_params"]}   # older files
+        self.algorithm.load_state_dict(self.policy, algorithm)
         if state["ema"] is not None and self.ema is not None:
             for e, saved in zip(self.ema, state["ema"], strict=True):
                 load_into(e, saved)
@@ -464,7 +464,7 @@ class Trainer:
             self.watch.load_state_dict(state.get("watch"))
         rank_file = path / f"rank-{self.placement.policy_rank}.pt"
         if not rank_file.is_file():
-            raise FileNotFoundError(f"{rank_file} is missing: this checkpoint was written by fewer policy ranks; "
+            raise MissingPathError(f"{rank_file} is missing: this checkpoint was written by fewer policy ranks; "
                                     "resume with the same number of ranks")
         local = ckpt.load_torch(rank_file)
         self.optimizer.load_state_dict(local["optimizer"] if self.fsdp else state["optimizer"])
@@ -472,12 +472,8 @@ class Trainer:
         self.ledger.load_state_dict(local["ledger"])
         if local["pending"] is None:
             return None
-        rollout = local["pending"]["rollout"]
-        rollout.x0 = rollout.x0.to(self.device)
-        rollout.cond = rollout.cond.to(self.device)
-        if rollout.grpo is not None:
-            rollout.grpo = {k: v.to(self.device) for k, v in rollout.grpo.items()}
-        return Pending(rollout, local["pending"]["scored"])
+        rollout = rollout_from_record(local["pending"]["rollout"]).to(self.device)
+        return Pending(rollout, scored=local["pending"]["scored"])
 
     @contextlib.contextmanager
     def _signals(self):

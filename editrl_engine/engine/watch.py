@@ -33,7 +33,7 @@ import torch
 from .config import EvalConfig, TrainConfig
 from .distributed import Placement, all_gather_rows
 from .evaluation import finite_mean, sample_items
-from .scoring import ScoreJob, score_job
+from .scoring import ScoreJob, run_lengths, score_job
 from .tasks import TaskSet
 
 EVAL_SAMPLE_STEP = -1                     # ScoreJob.sample_ids of evaluation samples: (-1, i); never in the ledger
@@ -181,7 +181,6 @@ class GoldWatch:
         self.num_steps = e.steps or config.sampling.eval_steps
         self.batch_size = e.batch_size or config.sampling.rollout_batch or 0
         self.guidance = config.sampling.guidance or None
-        self.autocast = torch.bfloat16 if config.run.autocast else None
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -223,11 +222,12 @@ class GoldWatch:
         items, indices = self._local_items()
         with policy.use_adapter("default"):                       # the trained adapter (not NFT's sampling one)
             images = sample_items(policy, self.tasks, items, num_steps=self.num_steps, batch_size=self.batch_size,
-                                  guidance=self.guidance, autocast_dtype=self.autocast)
+                                  guidance=self.guidance)
         rows = [self.tasks.rows[i] for i, _ in items]
         job = ScoreJob(sample_ids=[(EVAL_SAMPLE_STEP, n) for n in indices],
                        sources=[self.tasks.image(self.tasks.keys[i], self.tasks.rows[i]) for i, _ in items],
-                       instructions=[r.instruction for r in rows], edited=images, rows=rows)
+                       instructions=[r.instruction for r in rows], edited=images, rows=rows,
+                       group_sizes=run_lengths([i for i, _ in items]))
         train_future = submit(job)                                 # scored on the scorer's thread (or reward rank)
         gold_scored = score_job(self.gold, job) if self.gold is not None else None      # meanwhile, here
         train_scored = train_future.result()

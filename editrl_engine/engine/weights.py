@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..atomic import write_bytes_atomic
+from ..errors import InputError, MissingPathError
 
 
 def policy_modules(policy) -> dict[str, torch.nn.Module]:
@@ -38,27 +39,27 @@ def load_full_weights(policy, path: str | os.PathLike) -> list[str]:
     """Load every part found in the file into the policy (in the policy's dtype); returns the parts loaded."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"policy weights {path} do not exist; check policy.init in the config")
+        raise MissingPathError(f"policy weights {path} do not exist; check policy.init in the config")
     state = load_file(str(path))
     modules = policy_modules(policy)
     by_part: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         part, _, name = key.partition(".")
         if part not in modules:
-            raise KeyError(f"{path}: key {key!r} names part {part!r}, but the policy has {sorted(modules)}")
+            raise InputError(f"{path}: key {key!r} names part {part!r}, but the policy has {sorted(modules)}")
         by_part.setdefault(part, {})[name] = tensor
     for part, part_state in by_part.items():
         module = modules[part]
         expected = _base_state(module)
         missing, unexpected = set(expected) - set(part_state), set(part_state) - set(expected)
         if missing or unexpected:
-            raise KeyError(f"{path}: part {part!r} does not match the policy's architecture: missing "
-                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (built from another preset?)")
+            raise InputError(f"{path}: part {part!r} does not match the policy's architecture: missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (built from another preset?)")
         with torch.no_grad():
             for name, tensor in part_state.items():
                 target = expected[name]
                 if target.shape != tensor.shape:
-                    raise ValueError(f"{path}: {part}.{name} has shape {tuple(tensor.shape)}, the policy's is "
+                    raise InputError(f"{path}: {part}.{name} has shape {tuple(tensor.shape)}, the policy's is "
                                      f"{tuple(target.shape)}")
                 target.copy_(tensor.to(target.dtype))
     return sorted(by_part)

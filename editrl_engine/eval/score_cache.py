@@ -24,10 +24,11 @@ from typing import Any
 from PIL import Image
 
 from .. import atomic
+from ..errors import InputError
 from ..reward.base import RewardModel
 
 
-class BenchDataError(ValueError):
+class BenchDataError(InputError):
     """A malformed benchmark file, row or image; the message names the file and the row."""
 
 
@@ -155,7 +156,7 @@ def score_triples(reward: RewardModel, triples: Sequence[tuple[ImageRef, str, Im
     extra = {}
     if avg_k > 1:
         if not accepts(reward.score, "avg_k"):
-            raise ValueError(f"the {reward.kind!r} reward has no Avg@K self-ensemble (its score() takes no avg_k)")
+            raise InputError(f"the {reward.kind!r} reward has no Avg@K self-ensemble (its score() takes no avg_k)")
         extra["avg_k"] = avg_k
     cache = cache if cache is not None else ScoreCache()
     identity = reward_identity(reward, avg_k=avg_k)

@@ -21,14 +21,17 @@ FAMILIES = {
 
 
 def load_policy(family: str, path: str | None = None, preset: str | None = None, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, attention: str = "auto") -> EditPolicy:
-    """Build a family's policy from a local diffusers folder (`path`) or a named preset (`preset`, e.g. "tiny")."""
+                dtype: torch.dtype = torch.float32, attention: str = "auto", autocast: bool = False) -> EditPolicy:
+    """Build a family's policy from a local diffusers folder (`path`) or a named preset (`preset`, e.g. "tiny").
+    autocast: the transformer runs under bf16 autocast (weights stay in `dtype`); set here, so the attention
+    backend is chosen for the dtype it will compute in."""
     if family not in FAMILIES:
         raise ValueError(f"unknown policy family {family!r}; choose one of {', '.join(FAMILIES)}")
     if (path is None) == (preset is None):
         raise ValueError("pass exactly one of path= (a local diffusers-format folder) or preset= (e.g. 'tiny')")
     module = importlib.import_module(FAMILIES[family])
-    return module.load(path=path, preset=preset, device=torch.device(device), dtype=dtype, attention=attention)
+    return module.load(path=path, preset=preset, device=torch.device(device), dtype=dtype, attention=attention,
+                       autocast=autocast)
 
 
 __all__ = ["Condition", "EditPolicy", "FAMILIES", "load_policy"]

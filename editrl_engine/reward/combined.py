@@ -1,6 +1,7 @@
 """A weighted combination of reward models: reward = sum_i w_i r_i / sum_i w_i, NaN where any part is NaN.
 
-Each sample's details keep every part's reward and details under the part's name.
+Each sample's details keep every part's reward and details under the part's name. score_groups hands the groups
+to every part's own score_groups, so a part with a shared-prefix path keeps it inside a combination.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .base import RewardBatch, RewardModel, check_triples
+from .base import RewardBatch, RewardModel, check_groups, check_triples
 
 
 class CombinedReward(RewardModel):
@@ -30,15 +31,42 @@ class CombinedReward(RewardModel):
     def weights(self) -> dict[str, float]:
         return {name: float(weight) for name, (_, weight) in self.parts.items()}
 
-    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
-              **options_per_part: Mapping) -> RewardBatch:
-        """options_per_part: part name -> extra keyword arguments of that part's score()."""
+    @property
+    def shares_prefix(self) -> bool:
+        """True when a part prefills a group's shared prefix once (score_groups hands each part the groups)."""
+        return any(model.shares_prefix for model, _ in self.parts.values())
+
+    def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence, *,
+              rows: Sequence | None = None, **options_per_part: Mapping) -> RewardBatch:
+        """rows: each sample's EditRow, handed to every part (each takes what it needs); options_per_part: part
+        name -> extra keyword arguments of that part's score()."""
         n = check_triples(sources, instructions, edited)
+        self._check_options(options_per_part)
+        extra = {} if rows is None else {"rows": rows}
+        return self._combine({name: model.score(sources, instructions, edited, **extra,
+                                                **options_per_part.get(name, {}))
+                              for name, (model, _) in self.parts.items()}, n)
+
+    def score_groups(self, sources: Sequence, instructions: Sequence[str], groups: Sequence[Sequence], *,
+                     rows: Sequence | None = None, **options_per_part: Mapping) -> RewardBatch:
+        """Each part scores the groups through its own score_groups (its shared-prefix path where it has one);
+        rows: one EditRow per group. Group-major, as RewardModel.score_groups."""
+        sizes = check_groups(sources, instructions, groups, rows=rows)
+        self._check_options(options_per_part)
+        extra = {} if rows is None else {"rows": rows}
+        return self._combine({name: model.score_groups(sources, instructions, groups, **extra,
+                                                       **options_per_part.get(name, {}))
+                              for name, (model, _) in self.parts.items()}, sum(sizes))
+
+    def _check_options(self, options_per_part: Mapping) -> None:
         unknown = set(options_per_part) - set(self.parts)
         if unknown:
             raise ValueError(f"score() options for unknown parts {sorted(unknown)}; parts: {', '.join(self.parts)}")
-        batches = {name: model.score(sources, instructions, edited, **options_per_part.get(name, {}))
-                   for name, (model, _) in self.parts.items()}
+
+    def _combine(self, batches: dict[str, RewardBatch], n: int) -> RewardBatch:
+        for name, batch in batches.items():
+            if len(batch) != n:
+                raise RuntimeError(f"part {name!r} returned {len(batch)} rewards for {n} samples")
         rewards = torch.stack([batches[name].reward.double() for name in self.parts])            # [P, N]
         weights = torch.tensor(list(self.weights.values()), dtype=torch.float64)                 # [P]
         reward = ((weights[:, None] * rewards).sum(0) / weights.sum()).float()                   # [N], NaN propagates

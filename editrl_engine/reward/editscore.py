@@ -7,7 +7,8 @@ Avg@K: K sampled passes (temperature 0.7, top-p 0.9, top-k 20), pass i seeded wi
 reproducible; greedy=True gives one deterministic pass. A pass whose answers cannot be parsed (or lie out of
 range) is left out of the mean and counted; a sample none of whose passes parsed is NaN and a failure.
 Generation is batched over samples and both calls (left padding); images are capped like mllm_logit's.
-score_groups(): the SC prefix shared by a group's candidates is prefilled once (group_generation.py).
+score_groups(): the SC prompt is the group's shared prefix + the candidate's suffix; with the VLM the prefix is
+prefilled once per group (group_generation.py), a generate_fn judge gets the same prompts as whole calls.
 EditScore checkpoints are LoRA adapters on Qwen2.5-VL: `lora=` loads one with peft and merges it once.
 """
 from __future__ import annotations
@@ -25,8 +26,9 @@ from editrl_engine.vlm.images import as_rgb_image
 
 from . import editscore_prompts as prompts
 from . import group_generation
-from .base import RewardBatch, RewardModel, check_triples
-from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores
+from .base import RewardBatch, RewardModel, check_groups, check_triples, per_candidate
+from .parsing import (EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores,
+                      rescale_to_ten)
 
 SCALES = {"editscore": EDITSCORE_MAX, "viescore": VIESCORE_MAX}
 SCORES_PER_CALL = 2                                          # SC: (following, consistency); PQ: (natural, artifacts)
@@ -76,6 +78,7 @@ class EditScoreReward(RewardModel):
         self.vlm, self.scale, self.max_score = vlm, scale, SCALES[scale]
         self.passes, self.greedy, self.base_seed, self.batch_size = passes, greedy, base_seed, batch_size
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        self.scripted = generate_fn is not None                   # answers come from generate_fn, not the vlm
         self.generate_fn = generate_fn or self.generate
         if vlm is not None:
             vlm.tokenizer.padding_side = "left"                  # generation continues every row at the end
@@ -100,45 +103,52 @@ class EditScoreReward(RewardModel):
         return Decoding(do_sample=True, seed=self.base_seed + pass_index, **self.sampling)
 
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
-              avg_k: int | None = None) -> RewardBatch:
-        """avg_k: passes of the self-ensemble for this call (default: the `passes` the reward was built with)."""
+              avg_k: int | None = None, *, rows: Sequence | None = None) -> RewardBatch:
+        """avg_k: passes of the self-ensemble for this call (default: the `passes` the reward was built with).
+        rows: unused (the judge needs nothing beyond the triples)."""
         n = check_triples(sources, instructions, edited)
         num_passes = self._num_passes(avg_k)
         calls = self.calls(sources, instructions, edited)
-        answers = []                                                           # [K][2N] texts
-        for p in range(num_passes):
-            texts = list(self.generate_fn(calls, self.decoding(p)))
-            if len(texts) != len(calls):
-                raise ValueError(f"the generator returned {len(texts)} answers for {len(calls)} calls")
-            answers.append(texts)
-        return self._aggregate(n, answers)
+        return self._aggregate(n, [self._generate_all(calls, self.decoding(p)) for p in range(num_passes)])
 
     def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
-                     avg_k: int | None = None) -> RewardBatch:
-        """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]). The SC prompt's shared
-        prefix (system, instruction, source image) is prefilled once per group and its KV cache reused for every
-        candidate and pass (group_generation.py); the PQ calls (nothing shared but the system text) run batched as
-        in score(). One RewardBatch over all candidates, group-major; greedy, it equals score() on the flattened
-        triples (sampled passes are seeded and reproducible, but draw differently). Without a vlm (a generate_fn
-        judge) it is score() on the flattened triples."""
-        check_triples(sources, instructions, candidates)
-        if any(len(group) == 0 for group in candidates):
-            raise ValueError("score_groups() got an empty group of candidates")
-        flat_sources = [s for s, group in zip(sources, candidates) for _ in group]
-        flat_instructions = [i for i, group in zip(instructions, candidates) for _ in group]
-        flat_edited = [image for group in candidates for image in group]
-        if self.vlm is None or self.generate_fn != self.generate:
-            return self.score(flat_sources, flat_instructions, flat_edited, avg_k=avg_k)
-        num_passes = self._num_passes(avg_k)
-        decodings = [self.decoding(p) for p in range(num_passes)]
-        sc = group_generation.answers(self.vlm, self.image_size, self.batch_size,
-                                      [prompts.sc_prefix(i) for i in instructions], list(sources),
-                                      prompts.sc_suffix(int(self.max_score)), [list(g) for g in candidates],
-                                      decodings)                                     # [K][N]
-        pq_calls = [c for c in self.calls(flat_sources, flat_instructions, flat_edited) if c.kind == "pq"]
-        pq = [self.generate(pq_calls, d) for d in decodings]                         # [K][N]
-        answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(num_passes)]  # [K][2N]
+                     avg_k: int | None = None, *, rows: Sequence | None = None) -> RewardBatch:
+        """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]). The SC prompt is built as
+        its shared prefix (system, instruction, source image) + the candidate's suffix; with the VLM the prefix is
+        prefilled once per group and its KV cache reused for every candidate and pass (group_generation.py), the
+        PQ calls (nothing shared but the system text) run batched as in score(). One RewardBatch over all
+        candidates, group-major; greedy, it equals score() on the flattened triples (sampled passes are seeded and
+        reproducible, but draw differently). A generate_fn judge has no cache to share: it gets the same
+        prefix + suffix prompts as whole calls, SC and PQ of every candidate in one call per pass."""
+        sizes = check_groups(sources, instructions, candidates)
+        decodings = [self.decoding(p) for p in range(self._num_passes(avg_k))]
+        r = int(self.max_score)
+        prefixes = [prompts.sc_prefix(i) for i in instructions]
+        suffix = prompts.sc_suffix(r)
+        flat_edited = [as_rgb_image(image) for group in candidates for image in group]
+        pq_calls = [JudgeCall(i, "pq", prompts.pq_prompt(r), (image,)) for i, image in enumerate(flat_edited)]
+        if not self.shares_prefix:                               # whole calls: SC, PQ of each candidate, as score()
+            sources = [as_rgb_image(s) for s in sources]
+            sc_calls = [JudgeCall(i, "sc", prefix + suffix, (source, image)) for i, (prefix, source, image)
+                        in enumerate(zip(per_candidate(prefixes, sizes), per_candidate(sources, sizes), flat_edited))]
+            calls = [call for pair in zip(sc_calls, pq_calls) for call in pair]
+            return self._aggregate(len(flat_edited), [self._generate_all(calls, d) for d in decodings])
+        sc = group_generation.answers(self.vlm, self.image_size, self.batch_size, prefixes, list(sources), suffix,
+                                      [list(g) for g in candidates], decodings)           # [K][N]
+        pq = [self._generate_all(pq_calls, d) for d in decodings]                          # [K][N]
+        answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(len(decodings))]  # [K][2N]
         return self._aggregate(len(flat_edited), answers)
+
+    @property
+    def shares_prefix(self) -> bool:
+        """True with the VLM's own generation; a generate_fn judge (scripted, remote) has no KV cache to share."""
+        return self.vlm is not None and not self.scripted
+
+    def _generate_all(self, calls: Sequence[JudgeCall], decoding: Decoding) -> list[str]:
+        texts = list(self.generate_fn(calls, decoding))
+        if len(texts) != len(calls):
+            raise ValueError(f"the generator returned {len(texts)} answers for {len(calls)} calls")
+        return texts
 
     def _num_passes(self, avg_k: int | None) -> int:
         num_passes = self.passes if avg_k is None else avg_k
@@ -157,7 +167,7 @@ class EditScoreReward(RewardModel):
                                            raw[:, :, 1].reshape(-1, SCORES_PER_CALL), self.max_score)
         sc, pq, overall = (t.view(num_passes, n) for t in (sc, pq, overall))  # [K, N] on 0-10, NaN if unparsed
         reward = (overall.nanmean(dim=0) / 10).float()                          # [N], NaN when no pass parsed
-        per_ten = raw / (self.max_score / 10)                                   # [K, N, call, score] on 0-10
+        per_ten = rescale_to_ten(raw, self.max_score)                           # [K, N, call, score] on 0-10
         details = [self._details(i, answers, parsed, per_ten, sc, pq, overall) for i in range(n)]
         return RewardBatch(reward=reward, details=details, failures=int(reward.isnan().sum()))
 

@@ -22,7 +22,7 @@ from editrl_engine.vlm import load as load_vlm
 from editrl_engine.vlm.images import as_rgb_image
 
 from . import backends, prefix_cache
-from .base import RewardBatch, RewardModel, check_triples
+from .base import RewardBatch, RewardModel, check_groups, check_triples, rows_field
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 PREFIX_TEMPLATE = (                                      # slots: instruction, requirement line
@@ -66,6 +66,7 @@ class MllmLogitReward(RewardModel):
     """reward = E[rating] / 5 under the VLM's next-token distribution restricted to the digits 0..5."""
 
     kind = "mllm_logit"
+    shares_prefix = True
 
     def __init__(self, vlm: VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
                  batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None):
@@ -113,13 +114,23 @@ class MllmLogitReward(RewardModel):
         return torch.cat(chunks)
 
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
-              requirements: Sequence[str | None] | None = None) -> RewardBatch:
-        """requirements: a task requirement per sample (default: the one given at construction, if any)."""
+              requirements: Sequence[str | None] | None = None, *, rows: Sequence | None = None) -> RewardBatch:
+        """requirements: a task requirement per sample; else each row's `requirement`; else the one given at
+        construction, if any."""
         n = check_triples(sources, instructions, edited)
-        requirements = list(requirements) if requirements is not None else [self.requirement] * n
-        if len(requirements) != n:
-            raise ValueError(f"score() got {len(requirements)} requirements for {n} samples")
+        requirements = self._requirements(requirements, rows, n, "score", "samples")
         return rewards(self.rating_probabilities(list(sources), list(instructions), list(edited), requirements))
+
+    def _requirements(self, given, rows, n: int, name: str, unit: str) -> list[str | None]:
+        """The requirement of each of n samples / groups: the given ones, else the rows' (a row without one gets
+        the default), else the default given at construction."""
+        if given is None:
+            from_rows = rows_field(rows, "requirement", n, name)
+            given = [r or self.requirement for r in from_rows] if from_rows is not None else [self.requirement] * n
+        given = list(given)
+        if len(given) != n:
+            raise ValueError(f"{name}() got {len(given)} requirements for {n} {unit}")
+        return given
 
     def group_probabilities(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
                             requirements: Sequence[str | None]) -> torch.Tensor:
@@ -143,17 +154,14 @@ class MllmLogitReward(RewardModel):
         return torch.cat(chunks)
 
     def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
-                     requirements: Sequence[str | None] | None = None) -> RewardBatch:
+                     requirements: Sequence[str | None] | None = None, *, rows: Sequence | None = None) -> RewardBatch:
         """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]); groups may differ in size.
-        The shared prefix of each group is prefilled once and its KV cache reused for every candidate. Returns one
-        RewardBatch over all candidates, group-major (candidates[0][0], candidates[0][1], ..., candidates[1][0],
-        ...), equal to score() on the flattened triples."""
-        n = check_triples(sources, instructions, candidates)
-        if any(len(group) == 0 for group in candidates):
-            raise ValueError("score_groups() got an empty group of candidates")
-        requirements = list(requirements) if requirements is not None else [self.requirement] * n
-        if len(requirements) != n:
-            raise ValueError(f"score_groups() got {len(requirements)} requirements for {n} groups")
+        requirements (or rows): one per group, as in score(). The shared prefix of each group is prefilled once
+        and its KV cache reused for every candidate. Returns one RewardBatch over all candidates, group-major
+        (candidates[0][0], candidates[0][1], ..., candidates[1][0], ...), equal to score() on the flattened
+        triples."""
+        check_groups(sources, instructions, candidates)
+        requirements = self._requirements(requirements, rows, len(candidates), "score_groups", "groups")
         return rewards(self.group_probabilities(list(sources), list(instructions), [list(g) for g in candidates],
                                                 requirements))
 

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Sequence
 
 import torch
 
@@ -57,13 +56,7 @@ def parse_judge_scores(text: object, *, count: int, max_score: float) -> ParsedS
     if not isinstance(text, str) or not text.strip():
         return ParsedScores(None, error="empty answer")
     text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
-    fenced = _FENCE.search(text)
-    candidates = [fenced.group(1), text] if fenced else [text]
-    found, truncated_answer = None, False
-    for candidate in candidates:
-        found, truncated_answer = _find_score_object(candidate)
-        if found is not None:
-            break
+    found, truncated_answer = find_json_object(text, lambda obj: _score_key(obj) is not None)
     if found is None:
         bare = _BARE_SCORE_LIST.search(text)                    # a score list outside any readable object
         if bare is None:
@@ -80,13 +73,21 @@ def parse_judge_scores(text: object, *, count: int, max_score: float) -> ParsedS
 
 
 # ---- finding the object --------------------------------------------------------------------------------------
-def _find_score_object(text: str) -> tuple[dict | None, bool]:
-    """The first JSON-like object in `text` that has a score key, and whether it had to be closed by us."""
-    for chunk, closed in _top_level_objects(text):
-        for attempt in [chunk] if closed else _close_truncated(chunk):
-            loaded = _load_loose(attempt)
-            if isinstance(loaded, dict) and _score_key(loaded) is not None:
-                return loaded, not closed
+def find_json_object(text: object, accept) -> tuple[dict | None, bool]:
+    """The first JSON-like object in an answer (inside ``` fences first, then anywhere) for which `accept(obj)`
+    holds, read with the repairs below (smart and single quotes, trailing commas, a cut-off end closed), and
+    whether it had to be closed (the answer was cut off); (None, False) when there is none. The one scanner of
+    judge answers: the score parser above and the verifier's principles / verdicts (verifier_prompts.py)."""
+    if not isinstance(text, str) or not text.strip():
+        return None, False
+    text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
+    fenced = _FENCE.search(text)
+    for candidate in [fenced.group(1), text] if fenced else [text]:
+        for chunk, closed in _top_level_objects(candidate):
+            for attempt in [chunk] if closed else _close_truncated(chunk):
+                loaded = _load_loose(attempt)
+                if isinstance(loaded, dict) and accept(loaded):
+                    return loaded, not closed
     return None, False
 
 
@@ -201,29 +202,14 @@ def rescale_to_ten(scores: torch.Tensor | float, max_score: float):
     return scores / (max_score / 10.0)
 
 
-def viescore(sc_scores: Sequence[float] | None, pq_scores: Sequence[float] | None, max_score: float) -> dict:
-    """One sample: {"sc", "pq", "overall", "reward"}; sc, pq, overall on 0-10, reward on 0-1. None or NaN in any
-    score list makes the dependent values NaN."""
-    sc = _min_or_nan(sc_scores) / (max_score / 10.0)
-    pq = _min_or_nan(pq_scores) / (max_score / 10.0)
-    overall = math.sqrt(sc * pq) if not (math.isnan(sc) or math.isnan(pq)) else math.nan
-    return {"sc": sc, "pq": pq, "overall": overall, "reward": overall / 10.0}
-
-
-def _min_or_nan(scores: Sequence[float] | None) -> float:
-    if not scores or any(math.isnan(float(s)) for s in scores):
-        return math.nan
-    return float(min(scores))
-
-
 def combine_sc_pq(sc_scores: torch.Tensor, pq_scores: torch.Tensor,
                   max_score: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched: sc_scores [N, A], pq_scores [N, B] on 0..max_score (NaN where unparsed) ->
     (sc [N], pq [N], overall [N] on 0-10, reward [N] on 0-1), float32; a NaN anywhere in a row gives NaN."""
     if sc_scores.dim() != 2 or pq_scores.dim() != 2 or sc_scores.shape[0] != pq_scores.shape[0]:
         raise ValueError(f"need sc [N, A] and pq [N, B], got {tuple(sc_scores.shape)} and {tuple(pq_scores.shape)}")
-    sc = _row_min(sc_scores.float()) / (max_score / 10.0)                      # [N]
-    pq = _row_min(pq_scores.float()) / (max_score / 10.0)                      # [N]
+    sc = rescale_to_ten(_row_min(sc_scores.float()), max_score)                # [N]
+    pq = rescale_to_ten(_row_min(pq_scores.float()), max_score)                # [N]
     overall = (sc * pq).sqrt()                                                  # [N], NaN propagates
     return sc, pq, overall, overall / 10.0
 
@@ -234,20 +220,3 @@ def _row_min(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(nan_rows, torch.full_like(nan_rows, math.nan, dtype=scores.dtype),
                        scores.nan_to_num(nan=math.inf).amin(dim=1))
 
-
-# ---- generic: any JSON-like object in an answer --------------------------------------------------------------
-def find_json_object(text: object, accept) -> tuple[dict | None, bool]:
-    """The first JSON-like object in an answer (inside ``` fences first, then anywhere) for which `accept(obj)`
-    holds, read with the repairs above (smart and single quotes, trailing commas, a cut-off end closed), and
-    whether it had to be closed (the answer was cut off); (None, False) when there is none."""
-    if not isinstance(text, str) or not text.strip():
-        return None, False
-    text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
-    fenced = _FENCE.search(text)
-    for candidate in [fenced.group(1), text] if fenced else [text]:
-        for chunk, closed in _top_level_objects(candidate):
-            for attempt in [chunk] if closed else _close_truncated(chunk):
-                loaded = _load_loose(attempt)
-                if isinstance(loaded, dict) and accept(loaded):
-                    return loaded, not closed
-    return None, False

@@ -47,7 +47,8 @@ A verdict passes when its fraction is >= PASS_FRACTION (0.9; a 3x3 square must k
   "background_kept"  the background verdict passed; None for a background edit
 
 Which task a sample belongs to: pass `tasks=` to `score` (ShapeTask, a manifest EditRow with a spec, or a
-spec dict), or give the tasks to the constructor and they are found by (instruction, exact source pixels).
+spec dict) or `rows=` (EditRows with a spec, as the engine does), or give the tasks to the constructor and they
+are found by (instruction, exact source pixels).
 Every image is computed in one vectorised pass per canvas size (matches, then every verdict of the batch as one
 masked count); each task's target and verdict masks are cached.
 """
@@ -87,8 +88,10 @@ class ProgrammaticReward(RewardModel):
             self._known[(task.instruction, _pixel_digest(task.source_image()))] = task
 
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence, *,
-              tasks: Sequence[TaskLike] | None = None) -> RewardBatch:
+              tasks: Sequence[TaskLike] | None = None, rows: Sequence[EditRow] | None = None) -> RewardBatch:
+        """tasks: each sample's task; else its row (an EditRow with a spec); else found among the registered."""
         n = check_triples(sources, instructions, edited)
+        tasks = tasks if tasks is not None else rows
         if tasks is not None and len(tasks) != n:
             raise ValueError(f"score() got {len(tasks)} tasks for {n} samples")
         resolved = []                                                                # ShapeTask per sample

@@ -35,7 +35,7 @@ from editrl_engine.vlm.images import as_rgb_image
 
 from . import group_generation
 from . import verifier_prompts as vp
-from .base import RewardBatch, RewardModel, check_triples
+from .base import RewardBatch, RewardModel, check_groups, check_triples, rows_field
 
 GenerateFn = Callable[[list[str], list[list]], list[str]]
 BACKENDS = ("eager",)
@@ -105,6 +105,17 @@ class GroupDecoding:
         return dict(max_new_tokens=s.max_new_tokens, eos_token_id=self.eos_token_id, **options)
 
 
+def _given_principles(principles, rows, n: int, name: str, unit: str) -> list:
+    """The given principle lists (None: to be generated) of n samples / groups: `principles`, else the rows'."""
+    if principles is None:
+        from_rows = rows_field(rows, "principles", n, name)
+        principles = [list(p or ()) or None for p in from_rows] if from_rows is not None else [None] * n
+    given = list(principles)
+    if len(given) != n:
+        raise ValueError(f"{name}() got {len(given)} principle lists for {n} {unit}")
+    return given
+
+
 def aggregate(principles: Sequence[vp.Principle], scores: Sequence[float]) -> tuple[float, dict[str, float]]:
     """(reward in [0, 1], {kind: kind score on 0-10}) from per-principle scores on 0-10 (see the module doc)."""
     by_kind = {kind: [s for p, s in zip(principles, scores) if p.kind == kind] for kind in vp.KINDS}
@@ -122,14 +133,17 @@ class VerifierReward(RewardModel):
     def __init__(self, generate_fn: GenerateFn, *, generate_principles: bool = True, origin: str = "custom"):
         self.generate_fn, self.generate_principles, self.origin = generate_fn, generate_principles, origin
 
+    @property
+    def shares_prefix(self) -> bool:
+        """A VLM judge prefills each group's shared prefix once; any other generate_fn has no cache to share."""
+        return isinstance(self.generate_fn, VLMGenerator)
+
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
-              principles: Sequence | None = None) -> RewardBatch:
+              principles: Sequence | None = None, *, rows: Sequence | None = None) -> RewardBatch:
         """principles: per sample, a list of principles (see verifier_prompts; a manifest row's `principles` as
-        they are), or None / an empty list to have them generated."""
+        they are), or None / an empty list to have them generated; without them, each row's `principles`."""
         n = check_triples(sources, instructions, edited)
-        given = list(principles) if principles is not None else [None] * n
-        if len(given) != n:
-            raise ValueError(f"score() got {len(given)} principle lists for {n} samples")
+        given = _given_principles(principles, rows, n, "score", "samples")
         details: list[dict] = [{} for _ in range(n)]
         chosen = self._choose(given, details, "sample")
         self._generate_missing(sources, instructions, chosen, details)
@@ -143,25 +157,17 @@ class VerifierReward(RewardModel):
         return RewardBatch(reward=reward, details=details, failures=int(torch.isnan(reward).sum()))
 
     def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
-                     principles: Sequence | None = None) -> RewardBatch:
+                     principles: Sequence | None = None, *, rows: Sequence | None = None) -> RewardBatch:
         """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]), judged against principles[g]
         (given, or generated once per group). The verdict prompt's shared part (instruction, principles, source
         image) is prefilled once per group and its KV cache reused for every candidate. One RewardBatch over all
         candidates, group-major; greedy, it equals score() on the flattened triples (sampled, it is seeded and
         reproducible but draws differently). With a generate_fn judge (no VLM) it is score() on the flattened
-        triples."""
-        check_triples(sources, instructions, candidates)
-        if any(len(group) == 0 for group in candidates):
-            raise ValueError("score_groups() got an empty group of candidates")
-        given = list(principles) if principles is not None else [None] * len(candidates)
-        if len(given) != len(candidates):
-            raise ValueError(f"score_groups() got {len(given)} principle lists for {len(candidates)} groups")
-        sizes = [len(group) for group in candidates]
-        flat_edited = [image for group in candidates for image in group]
-        if not isinstance(self.generate_fn, VLMGenerator):
-            return self.score([s for s, n in zip(sources, sizes) for _ in range(n)],
-                              [i for i, n in zip(instructions, sizes) for _ in range(n)], flat_edited,
-                              principles=[p for p, n in zip(given, sizes) for _ in range(n)])
+        triples. principles (or rows): one per group, as in score()."""
+        check_groups(sources, instructions, candidates)
+        given = _given_principles(principles, rows, len(candidates), "score_groups", "groups")
+        if not self.shares_prefix:                                    # no model to hold a prefix cache
+            return super().score_groups(sources, instructions, candidates, principles=given)
         group_details: list[dict] = [{} for _ in candidates]
         chosen = self._choose(given, group_details, "group")
         self._generate_missing(sources, instructions, chosen, group_details)

@@ -1,10 +1,11 @@
 """Best-of-N reranking and reward serving.
 
 - rerank.py    rerank(policy, reward, source, instruction, n, seed) -> RerankResult (the library call)
-- scoring.py   groups of candidates through the reward's shared-prefix path; the best finite reward
+- scoring.py   best_index: the best finite reward of a scored group (groups go through reward.score_groups)
 - outputs.py   JSON-safe values, atomic JSON / PNG writes, the contact sheet of candidates
-- server.py    the HTTP app (FastAPI): create_app(reward, policy, config); its parts: batching.py (the model
-               worker), bodies.py (request bodies), images.py, schemas.py, metrics.py, runner.py (uvicorn).
+- server.py    the HTTP app (FastAPI): create_app(reward, policy, config); its parts: routes.py (the routes),
+               state.py (ServerState, one request's bookkeeping), batching.py (the model worker), bodies.py
+               (request bodies), images.py, schemas.py, metrics.py, runner.py (uvicorn).
                They need the `serve` extra (fastapi, uvicorn, prometheus-client, python-multipart)
 - cli.py       `editrl rerank` and `editrl serve`
 The HTTP parts are imported only when asked for, so the library call needs no web stack.

@@ -3,9 +3,9 @@
 Requests wait in a bounded queue (submit raises QueueFull beyond max_queue). The worker takes the oldest request,
 then keeps taking score requests while their candidates fit in max_batch, waiting at most max_wait_s for more, but
 only while more are on their way (the server brackets reading and decoding a request with `arriving()`): a lone
-request is scored at once, not after max_wait_s. It scores the batch in one call (each request one group of the
-reward's shared-prefix path, scoring.score_groups); the rewards are split back per request. A request with more
-candidates than max_batch runs alone. Rerank requests (sampling + scoring) run alone, in the same thread: the
+request is scored at once, not after max_wait_s. It scores the batch in one reward.score_groups call (each request
+one group; the reward's shared-prefix path where it has one); the rewards are split back per request. A request
+with more candidates than max_batch runs alone. Rerank requests (sampling + scoring) run alone, in the same thread: the
 models are only ever touched from this one thread, never from the event loop.
 
 If a batch of several requests raises, each is retried alone so that only the failing one gets the error.
@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..reward.base import RewardBatch, RewardModel
-from .scoring import score_groups
 
 
 class QueueFull(Exception):
@@ -36,7 +35,8 @@ class Closed(Exception):
 
 
 @dataclasses.dataclass
-class ScoreJob:
+class GroupRequest:
+    """One scoring request: a group of candidate edits of one (source, instruction)."""
     source: Any                       # PIL image
     instruction: str
     candidates: list                  # PIL images
@@ -66,7 +66,7 @@ class Batcher:
                              f"{max_queue}, {max_wait_s}")
         self.reward, self.max_batch, self.max_wait_s, self.max_queue = reward, max_batch, max_wait_s, max_queue
         self.on_batch, self.on_error = on_batch, on_error
-        self._pending: deque[ScoreJob | CallJob] = deque()
+        self._pending: deque[GroupRequest | CallJob] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._arriving = 0                # requests being read and decoded, not yet submitted
@@ -74,7 +74,7 @@ class Batcher:
         self._thread.start()
 
     # ---- the caller's side ---------------------------------------------------------------------------------
-    def submit(self, job: ScoreJob | CallJob) -> Future:
+    def submit(self, job: GroupRequest | CallJob) -> Future:
         """Queue a job; its future gets the ScoreOutcome (or the call's value) or the model's exception."""
         with self._cond:
             if self._closing:
@@ -111,7 +111,7 @@ class Batcher:
         return not self._thread.is_alive()
 
     # ---- the worker ----------------------------------------------------------------------------------------
-    def _next(self) -> list[ScoreJob] | CallJob | None:
+    def _next(self) -> list[GroupRequest] | CallJob | None:
         with self._cond:
             while not self._pending:
                 if self._closing:
@@ -125,7 +125,7 @@ class Batcher:
             while total < self.max_batch:
                 if self._pending:
                     following = self._pending[0]
-                    if not isinstance(following, ScoreJob) or total + len(following.candidates) > self.max_batch:
+                    if not isinstance(following, GroupRequest) or total + len(following.candidates) > self.max_batch:
                         break
                     batch.append(self._pending.popleft())
                     total += len(following.candidates)
@@ -160,13 +160,13 @@ class Batcher:
             self._report(error)
             job.future.set_exception(error)
 
-    def _score(self, jobs: list[ScoreJob]) -> None:
+    def _score(self, jobs: list[GroupRequest]) -> None:
         if not jobs:
             return
         total = sum(len(job.candidates) for job in jobs)
         try:
-            batch = score_groups(self.reward, [j.source for j in jobs], [j.instruction for j in jobs],
-                                 [j.candidates for j in jobs])
+            batch = self.reward.score_groups([j.source for j in jobs], [j.instruction for j in jobs],
+                                             [list(j.candidates) for j in jobs])
         except Exception as error:
             self._report(error)
             if len(jobs) == 1:
@@ -174,7 +174,7 @@ class Batcher:
                 return
             for job in jobs:                      # find the request that fails; the others still get rewards
                 try:
-                    alone = score_groups(self.reward, [job.source], [job.instruction], [job.candidates])
+                    alone = self.reward.score_groups([job.source], [job.instruction], [list(job.candidates)])
                 except Exception as single_error:
                     job.future.set_exception(single_error)
                 else:

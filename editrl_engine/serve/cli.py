@@ -4,8 +4,9 @@
     editrl rerank --policy demo [--lora runs/demo/lora] --task 9001:3 --n 8 --out OUT     # the embedded default
     editrl serve --reward KIND[:DIR] [--reward-preset tiny] [--policy DIR|tiny] [--host 127.0.0.1] [--port 8000]
 
-add_rerank(subparsers) / add_serve(subparsers) build the parsers and set `run=`; a user error raises ValueError
-(or FileNotFoundError) with a message naming the problem and the fix, which the `editrl` entry point prints.
+add_rerank(subparsers) / add_serve(subparsers) build the parsers and set `run=`; a user error raises InputError
+(a ValueError) or MissingPathError (a FileNotFoundError) of editrl_engine/errors.py with a message naming the problem
+and the fix, which the `editrl` entry point prints (exit status 2).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import argparse
 import ipaddress
 import sys
 from pathlib import Path
+
+from ..errors import InputError, MissingPathError, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 FAMILIES = ("flux-kontext", "qwen-image-edit")
@@ -49,15 +52,15 @@ def load_reward_from(args: argparse.Namespace):
 
     kind, _, path = args.reward.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"--reward {args.reward}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise InputError(f"--reward {args.reward}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "programmatic":
         if not path:
-            raise ValueError("--reward programmatic needs the tasks it verifies: give programmatic:MANIFEST.jsonl "
+            raise InputError("--reward programmatic needs the tasks it verifies: give programmatic:MANIFEST.jsonl "
                              "(a synthetic-task manifest with specs, e.g. written by write_synthetic)")
         from ..data import read_manifest
         return load_reward("programmatic", tasks=read_manifest(path))
     if not path and not args.reward_preset:
-        raise ValueError(f"--reward {kind} needs weights: give --reward {kind}:DIR (a local folder) or "
+        raise InputError(f"--reward {kind} needs weights: give --reward {kind}:DIR (a local folder) or "
                          "--reward-preset tiny")
     return load_reward(kind, path=path or None, preset=None if path else args.reward_preset, device=args.device,
                        dtype=getattr(torch, args.dtype), backend=args.reward_backend)
@@ -74,8 +77,8 @@ def load_policy_from(args: argparse.Namespace):
     if args.policy == "tiny":
         return load_policy(args.family, preset="tiny", device=args.device, dtype=dtype)
     if not Path(args.policy).is_dir():
-        raise FileNotFoundError(f"--policy {args.policy}: no such folder; give a local diffusers-format folder of "
-                                f"a {args.family} model, or 'tiny'")
+        raise MissingPathError(f"--policy {args.policy}: no such folder; give a local diffusers-format folder of "
+                               f"a {args.family} model, or 'tiny'")
     return load_policy(args.family, path=args.policy, device=args.device, dtype=dtype)
 
 
@@ -87,7 +90,7 @@ def demo_task_from(spec: str):
 
     seed, sep, index = spec.partition(":")
     if not sep or not seed.strip().lstrip("-").isdigit() or not index.strip().isdigit():
-        raise ValueError(f"--task {spec!r}: give SEED:INDEX of a demo task, e.g. --task "
+        raise InputError(f"--task {spec!r}: give SEED:INDEX of a demo task, e.g. --task "
                          f"{demo_task.HELDOUT_SEED}:3 (the demo's held-out tasks are seed {demo_task.HELDOUT_SEED}, "
                          f"indices 0-{demo_task.HELDOUT_SIZE - 1})")
     return demo_task.task(int(seed), int(index))
@@ -98,9 +101,9 @@ def load_demo_policy_from(args: argparse.Namespace):
     from ..engine.demo.pretrain import load_demo_editor
 
     if args.family != "flux-kontext":
-        raise ValueError(f"--policy demo is a flux-kontext model; drop --family {args.family}")
+        raise InputError(f"--policy demo is a flux-kontext model; drop --family {args.family}")
     if args.device != "cpu" or args.dtype != "float32":
-        raise ValueError("--policy demo runs as the demo trains it, on the CPU in float32; drop --device / --dtype")
+        raise InputError("--policy demo runs as the demo trains it, on the CPU in float32; drop --device / --dtype")
     return load_demo_editor(args.lora)
 
 
@@ -109,22 +112,22 @@ def _rerank_inputs(args: argparse.Namespace):
     task = None
     if args.task is not None:
         if args.image is not None or args.instruction is not None:
-            raise ValueError("--task gives the source image and the instruction; drop IMAGE and INSTRUCTION")
+            raise InputError("--task gives the source image and the instruction; drop IMAGE and INSTRUCTION")
         task = demo_task_from(args.task)
         source, instruction = task.source_image(), task.instruction
     else:
         if args.image is None or args.instruction is None:
-            raise ValueError("give IMAGE and INSTRUCTION, or --task SEED:INDEX for a demo task")
+            raise InputError("give IMAGE and INSTRUCTION, or --task SEED:INDEX for a demo task")
         source, instruction = Path(args.image), args.instruction
         if not source.is_file():
-            raise FileNotFoundError(f"source image {source} does not exist")
+            raise MissingPathError(f"source image {source} does not exist")
     if args.lora and args.policy != "demo":
-        raise ValueError("--lora goes with --policy demo (a diffusers folder carries its own LoRA loading)")
+        raise InputError("--lora goes with --policy demo (a diffusers folder carries its own LoRA loading)")
     if task is not None and args.reward in (None, "programmatic"):
         from ..reward import load_reward
         reward = load_reward("programmatic", tasks=[task])
     elif args.reward is None:
-        raise ValueError("give --reward KIND[:DIR] (or --task SEED:INDEX, whose default reward is programmatic)")
+        raise InputError("give --reward KIND[:DIR] (or --task SEED:INDEX, whose default reward is programmatic)")
     else:
         reward = load_reward_from(args)
     policy = load_demo_policy_from(args) if args.policy == "demo" else load_policy_from(args)
@@ -136,7 +139,7 @@ def _run_rerank(args: argparse.Namespace) -> None:
     from .rerank import rerank
 
     if args.n < 1 or (args.steps is not None and args.steps < 1):
-        raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+        raise InputError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     source, instruction, reward, policy, task = _rerank_inputs(args)
     if args.steps is None:
         from ..engine.demo.task import EVAL_STEPS
@@ -233,8 +236,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         from .runner import serve_forever
         from .server import create_app
     except ModuleNotFoundError as error:
-        raise ValueError(f"editrl serve needs the web stack, and {error.name!r} is not installed: "
-                         "pip install 'editrl-engine[serve]'") from error
+        raise UserError(f"editrl serve needs the web stack, and {error.name!r} is not installed: "
+                        "pip install 'editrl-engine[serve]'") from error
 
     config = serve_config(args)               # bad settings fail before the models load
     try:

@@ -6,7 +6,7 @@
 
 The pair is encoded once (policy.encode), its N samples drawn as one group by ode_sample (sample i from seed
 seed + i, so the same seed gives the same candidates), decoded, and scored through the reward's shared-prefix
-group path (score_groups) when it has one. A NaN reward (no score could be had) never wins.
+group path (score_groups) when it has one (reward.shares_prefix). A NaN reward (no score could be had) never wins.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..policy.base import EditPolicy
 from ..policy.samplers import SOLVERS, ode_sample, repeat_for_group
 from ..reward.base import RewardModel
 from ..vlm.images import as_rgb_image, check_image
-from .scoring import best_index, has_group_path, score_groups
+from .scoring import best_index
 
 
 @dataclasses.dataclass
@@ -54,7 +54,7 @@ class RerankResult:
     solver: str
     reward_kind: str
     policy_family: str
-    group_path: bool                # scored through reward.score_groups (shared prefix), else reward.score
+    group_path: bool                # the reward's score_groups shares each group's prefix (reward.shares_prefix)
     timings: dict[str, float]       # seconds: generate (encode + sample + decode), score
 
     @property
@@ -128,7 +128,7 @@ def rerank(policy: EditPolicy, reward: RewardModel, source, instruction: str, n:
     begin = time.perf_counter()
     images = generate(policy, image, instruction, n, seed, num_steps, solver, guidance, batch_size)  # [n, 3, H, W]
     generated = time.perf_counter()
-    batch = score_groups(reward, [image], [instruction], [list(images)])
+    batch = reward.score_groups([image], [instruction], [list(images)])
     scored = time.perf_counter()
 
     rewards = batch.reward.detach().float().cpu()                                     # [n]
@@ -145,5 +145,5 @@ def rerank(policy: EditPolicy, reward: RewardModel, source, instruction: str, n:
         instruction=instruction, candidates=candidates, rewards=rewards, best_index=best, failures=failures,
         error=error, seed=seed, num_steps=num_steps, solver=solver,
         reward_kind=str(getattr(reward, "kind", type(reward).__name__)),
-        policy_family=str(getattr(policy, "family", type(policy).__name__)), group_path=has_group_path(reward),
+        policy_family=str(getattr(policy, "family", type(policy).__name__)), group_path=bool(reward.shares_prefix),
         timings={"generate_s": generated - begin, "score_s": scored - generated})

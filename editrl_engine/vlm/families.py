@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import MissingPathError
 from .handle import VLM
 
 FAMILIES: dict[str, str] = {"qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}          # name -> module
@@ -23,8 +24,8 @@ def family_of(path: str | os.PathLike) -> str:
     """The family of a local folder, from its config.json `model_type` (e.g. "qwen3_vl" -> "qwen3-vl")."""
     config = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(config):
-        raise FileNotFoundError(f"cannot tell the VLM family of {os.fspath(path)!r}: missing: config.json "
-                                f"(pass family= one of {', '.join(FAMILIES)}, or a transformers-format folder)")
+        raise MissingPathError(f"cannot tell the VLM family of {os.fspath(path)!r}: missing: config.json "
+                               f"(pass family= one of {', '.join(FAMILIES)}, or a transformers-format folder)")
     with open(config) as f:
         model_type = json.load(f).get("model_type")
     if model_type not in MODEL_TYPES:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ...reward.base import best_index
 from ...reward.programmatic import ProgrammaticReward
-from ...serve.scoring import best_index
 from ..evaluation import sample_items
 from ..tasks import TaskSet
 from .task import EVAL_SEED, EVAL_STEPS

@@ -27,6 +27,7 @@ import torch
 
 from ...atomic import write_bytes_atomic
 from ...data.shapes import owners
+from ...errors import MissingPathError
 from ...policy.flux_kontext import FluxKontextPolicy, load
 from ...policy.flux_kontext.model import pack
 from . import task as demo_task
@@ -168,8 +169,8 @@ def load_demo_editor(lora: str | os.PathLike | None = None) -> FluxKontextPolicy
     if lora is not None:
         weights = Path(lora) / "pytorch_lora_weights.safetensors"
         if not weights.is_file():
-            raise FileNotFoundError(f"LoRA folder {lora}: no {weights.name} there; give the lora/ folder of a demo "
-                                    "run, e.g. runs/demo/lora")
+            raise MissingPathError(f"LoRA folder {lora}: no {weights.name} there; give the lora/ folder of a demo "
+                                   "run, e.g. runs/demo/lora")
         policy.transformer.load_lora_adapter(str(lora), adapter_name="default", prefix="transformer",
                                              weight_name=weights.name)
     return policy

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import MissingPathError
 from .model import FluxKontextComponents
 
 MODEL_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
@@ -46,8 +47,8 @@ def load_components(folder: str | os.PathLike, dtype: torch.dtype = torch.float3
     Prompts get min(512, the T5 tokenizer's model_max_length) tokens (512 for FLUX.1-Kontext-dev)."""
     missing = missing_parts(folder)
     if missing:
-        raise FileNotFoundError(f"{folder} is not a complete FLUX.1-Kontext diffusers folder; missing: "
-                                + "; ".join(missing))
+        raise MissingPathError(f"{folder} is not a complete FLUX.1-Kontext diffusers folder; missing: "
+                               + "; ".join(missing))
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
     root = Path(folder)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ...errors import MissingPathError
+
 WEIGHTS = ("*.safetensors", "*.bin")
 # part -> (files that must all exist, file patterns of which one must match)
 REQUIRED_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -74,9 +76,9 @@ def from_folder(path: str, dtype: torch.dtype) -> Components:
     from editrl_engine.vlm.qwen2_5_vl.processor import ImageTextProcessor
     missing = missing_parts(path)
     if missing:
-        raise FileNotFoundError(f"Qwen-Image-Edit folder {path!r} is missing or incomplete; missing: "
-                                f"{', '.join(missing)}. Expected a diffusers-format folder with model_index.json and "
-                                f"{', '.join(p + '/' for p in REQUIRED_PARTS)}.")
+        raise MissingPathError(f"Qwen-Image-Edit folder {path!r} is missing or incomplete; missing: "
+                               f"{', '.join(missing)}. Expected a diffusers-format folder with model_index.json and "
+                               f"{', '.join(p + '/' for p in REQUIRED_PARTS)}.")
     local = dict(local_files_only=True)
     return Components(
         transformer=QwenImageTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype,

@@ -12,11 +12,10 @@ with cond.select, never re-encoded). Each sample has its own generator (seed bas
 on its seed and its condition only, not on the batch around it. The schedule is the family's (policy.sigmas).
 
 Everything runs under torch.no_grad(); latents, velocities and SDE arithmetic are float32 (docs/design.md §2), and
-`autocast_dtype` (e.g. torch.bfloat16) wraps only the velocity calls. The step loop reads no device value.
+bf16 autocast is the policy's own (EditPolicy.autocast, set when it is loaded). The step loop reads no device value.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -116,14 +115,11 @@ def _schedule(policy: EditPolicy, num_steps: int, cond: Condition) -> list[float
     return sigmas.tolist()
 
 
-def _velocity(policy: EditPolicy, x: torch.Tensor, sigma: float, cond: Condition, guidance: float | None,
-              autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def _velocity(policy: EditPolicy, x: torch.Tensor, sigma: float, cond: Condition, guidance: float | None
+              ) -> torch.Tensor:
     """v [B, L, C] float32 at x [B, L, C] and time sigma (the same for every row)."""
     t = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)   # [B]
-    autocast = (torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    with autocast:
-        v = policy.velocity(x, t, cond, guidance)
+    v = policy.velocity(x, t, cond, guidance)
     return v.float()
 
 
@@ -140,11 +136,11 @@ def _initial_noise(policy: EditPolicy, cond: Condition, generators: Sequence[tor
 # ---------------------------------------------------------------------------------------------------------
 # rollouts
 # ---------------------------------------------------------------------------------------------------------
-def _grpo_chunk(policy, cond, generators, sigmas, sde_steps: range, kind, noise_level, guidance, autocast_dtype):
+def _grpo_chunk(policy, cond, generators, sigmas, sde_steps: range, kind, noise_level, guidance):
     x = _initial_noise(policy, cond, generators)                     # [B, L, C]
     latents, next_latents, logps = [], [], []
     for i in range(len(sigmas) - 1):
-        v = _velocity(policy, x, sigmas[i], cond, guidance, autocast_dtype)
+        v = _velocity(policy, x, sigmas[i], cond, guidance)
         if i in sde_steps:
             x_next, logp = ops.sde_step(x, v, sigmas[i], sigmas[i + 1], _step_noise(x, generators),
                                         noise_level=noise_level, kind=kind)
@@ -162,8 +158,7 @@ def grpo_rollout(policy: EditPolicy, cond: Condition, *, group_size: int = 1, nu
                  seed: int | Sequence[int] | None = None, generators: Sequence[torch.Generator] | None = None,
                  kind: str = "flow_grpo", noise_level: float = 0.7, window_size: int | None = None,
                  window_generator: torch.Generator | None = None, window_range: tuple[int, int] | None = None,
-                 guidance: float | None = None, autocast_dtype: torch.dtype | None = None,
-                 batch_size: int | None = None) -> GRPORollout:
+                 guidance: float | None = None, batch_size: int | None = None) -> GRPORollout:
     """Flow-GRPO rollout of G samples per pair of `cond`: SDE steps through ops.sde_step, Euler elsewhere.
 
     Without window_size every step but the last is an SDE step; with it, a window of that many steps is drawn
@@ -177,7 +172,7 @@ def grpo_rollout(policy: EditPolicy, cond: Condition, *, group_size: int = 1, nu
     sigmas = _schedule(policy, num_steps, samples)
     sde_steps = stochastic_steps(num_steps, window_size, window_generator, window_range)
     parts = [_grpo_chunk(policy, _chunk_condition(samples, chunk), generators[chunk], sigmas, sde_steps, kind,
-                         noise_level, guidance, autocast_dtype) for chunk in _chunks(samples.batch_size, batch_size)]
+                         noise_level, guidance) for chunk in _chunks(samples.batch_size, batch_size)]
     x0, latents, next_latents, logp = (torch.cat(column) for column in zip(*parts))
     device = x0.device
     return GRPORollout(
@@ -188,12 +183,12 @@ def grpo_rollout(policy: EditPolicy, cond: Condition, *, group_size: int = 1, nu
         kind=kind, noise_level=float(noise_level))
 
 
-def _ode_chunk(policy, cond, generators, sigmas, solver, guidance, autocast_dtype):
+def _ode_chunk(policy, cond, generators, sigmas, solver, guidance):
     x = _initial_noise(policy, cond, generators)                     # [B, L, C]
     dpm_steps = dpm2_coefficients(sigmas) if solver == "dpm2" else None
     x0_hat_prev = None
     for i in range(len(sigmas) - 1):
-        v = _velocity(policy, x, sigmas[i], cond, guidance, autocast_dtype)
+        v = _velocity(policy, x, sigmas[i], cond, guidance)
         if dpm_steps is None:
             x = euler_step(x, v, sigmas[i], sigmas[i + 1])
         else:
@@ -203,13 +198,13 @@ def _ode_chunk(policy, cond, generators, sigmas, solver, guidance, autocast_dtyp
     return x
 
 
-def _ode(policy, cond, group_size, num_steps, solver, seed, generators, guidance, autocast_dtype, batch_size):
+def _ode(policy, cond, group_size, num_steps, solver, seed, generators, guidance, batch_size):
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}: choose one of {SOLVERS}")
     samples, generators = _prepare(policy, cond, group_size, seed, generators)
     sigmas = _schedule(policy, num_steps, samples)
-    x0 = torch.cat([_ode_chunk(policy, _chunk_condition(samples, chunk), generators[chunk], sigmas, solver, guidance,
-                               autocast_dtype) for chunk in _chunks(samples.batch_size, batch_size)])
+    x0 = torch.cat([_ode_chunk(policy, _chunk_condition(samples, chunk), generators[chunk], sigmas, solver, guidance)
+                    for chunk in _chunks(samples.batch_size, batch_size)])
     return x0, samples
 
 
@@ -217,22 +212,19 @@ def _ode(policy, cond, group_size, num_steps, solver, seed, generators, guidance
 def ode_sample(policy: EditPolicy, cond: Condition, *, group_size: int = 1, num_steps: int = 28,
                solver: str = "euler", seed: int | Sequence[int] | None = None,
                generators: Sequence[torch.Generator] | None = None, guidance: float | None = None,
-               autocast_dtype: torch.dtype | None = None, batch_size: int | None = None) -> torch.Tensor:
+               batch_size: int | None = None) -> torch.Tensor:
     """Deterministic sampling from each sample's initial noise: clean latents [N * G, L, C] float32.
 
     solver="euler" is diffusers' FlowMatchEulerDiscreteScheduler step for step; solver="dpm2" is
     DPM-Solver++(2M) in x0 prediction with DiffusionNFT's lower-order steps (sampling.solvers).
     """
-    return _ode(policy, cond, group_size, num_steps, solver, seed, generators, guidance, autocast_dtype,
-                batch_size)[0]
+    return _ode(policy, cond, group_size, num_steps, solver, seed, generators, guidance, batch_size)[0]
 
 
 @torch.no_grad()
 def nft_rollout(policy: EditPolicy, cond: Condition, *, group_size: int = 1, num_steps: int = 6,
                 seed: int | Sequence[int] | None = None, generators: Sequence[torch.Generator] | None = None,
-                guidance: float | None = None, autocast_dtype: torch.dtype | None = None,
-                batch_size: int | None = None) -> NFTRollout:
+                guidance: float | None = None, batch_size: int | None = None) -> NFTRollout:
     """DiffusionNFT rollout: DPM-Solver++(2M) from each sample's noise; keeps x0 and the repeated condition."""
-    x0, samples = _ode(policy, cond, group_size, num_steps, "dpm2", seed, generators, guidance, autocast_dtype,
-                       batch_size)
+    x0, samples = _ode(policy, cond, group_size, num_steps, "dpm2", seed, generators, guidance, batch_size)
     return NFTRollout(x0=x0, cond=samples)

@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from ...errors import MissingPathError
+
 # what a folder must hold: (a description, file patterns of which one must match)
 REQUIRED_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("config.json", ("config.json",)),
@@ -35,7 +37,7 @@ def load_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     path = os.fspath(path)
     missing = missing_files(path)
     if missing:
-        raise FileNotFoundError(f"Qwen2.5-VL folder {path!r} is missing or incomplete; missing: {', '.join(missing)}."
-                                f" Expected a transformers-format folder (model and processor save_pretrained).")
+        raise MissingPathError(f"Qwen2.5-VL folder {path!r} is missing or incomplete; missing: {', '.join(missing)}."
+                               f" Expected a transformers-format folder (model and processor save_pretrained).")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model, ImageTextProcessor.load(path)

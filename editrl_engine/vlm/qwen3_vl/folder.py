@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from ...errors import MissingPathError
 from ..qwen2_5_vl.folder import REQUIRED_FILES, missing_files      # the same files as a Qwen2.5-VL folder
 from .support import require_qwen3_vl
 
@@ -24,8 +25,8 @@ def load_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     path = os.fspath(path)
     missing = missing_files(path)
     if missing:
-        raise FileNotFoundError(f"Qwen3-VL folder {path!r} is missing or incomplete; missing: {', '.join(missing)}."
-                                f" Expected a transformers-format folder (model and processor save_pretrained).")
+        raise MissingPathError(f"Qwen3-VL folder {path!r} is missing or incomplete; missing: {', '.join(missing)}."
+                               f" Expected a transformers-format folder (model and processor save_pretrained).")
     with open(os.path.join(path, "config.json")) as f:
         model_type = json.load(f).get("model_type")
     if model_type != MODEL_TYPE:
