@@ -23,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, cpu_busy_fraction, describe_device, format_table, versions, write_json_atomic  # noqa: E402
-
 import torch  # noqa: E402
+from common import RESULTS_DIR, cpu_busy_fraction, describe_device, format_table, versions, write_json_atomic  # noqa: E402
 
 REMOVED, KEPT = "named_removed_two_shapes", "other_kept_two_shapes"
 MAX_SECONDS = 180.0

@@ -52,9 +52,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import (
+    built_on,
+    busy_note,
+    cpu_busy_fraction,
+    describe_device,
+    error_text,
+    finite_or_none,
+    format_table,
+    pick_device,
+    print_targets,
+    results_file,
+    synchronize,
+    versions,
+    write_json_atomic,
+)
 
-from common import (built_on, busy_note, cpu_busy_fraction, describe_device, error_text, finite_or_none,
-                    format_table, pick_device, print_targets, results_file, synchronize, versions, write_json_atomic)
 from editrl_engine import backends
 from editrl_engine.algo import nft as nft_algo
 from editrl_engine.algo.advantages import AdvantageConfig, step_advantages
@@ -191,7 +204,8 @@ def engine_steps(history: list[dict], warmup: int) -> list[dict]:
     return history[warmup:-1] if len(history) > warmup + 1 else history[-1:]
 
 
-def run_engine(spec: dict, policy, reward, tasks: TaskSet, device: torch.device, out_dir: Path) -> tuple[dict, Trainer]:
+def run_engine(spec: dict, policy, reward, tasks: TaskSet, device: torch.device, out_dir: Path
+               ) -> tuple[dict, Trainer]:
     steps = spec["warmup"] + spec["repeats"] + 1
     config = engine_config(spec, out_dir, steps)
     trainer = Trainer(config, policy=policy, reward=reward, tasks=tasks)
@@ -204,7 +218,8 @@ def run_engine(spec: dict, policy, reward, tasks: TaskSet, device: torch.device,
              "update_s": median["time_update"], "idle_s": median["time_idle"]}
     split["other_s"] = median["time_step"] - split["rollout_s"] - split["idle_s"] - split["update_s"]
     return {"step_s": median["time_step"], "step_s_all": [h["time_step"] for h in timed], "images_per_step": images,
-            "images_timed": images * len(timed), "steps_timed": len(timed), "images_per_s": images / median["time_step"],
+            "images_timed": images * len(timed), "steps_timed": len(timed),
+            "images_per_s": images / median["time_step"],
             "split": split, "split_note": "score_s runs on the worker thread, overlapped; other = step - rollout - "
                                           "idle - update", "ops_backend": config.run.ops_backend or "default",
             "staleness": config.staleness, "optimizer_steps": sum(h["optimizer_steps"] for h in trainer.history),
@@ -217,7 +232,8 @@ def run_engine(spec: dict, policy, reward, tasks: TaskSet, device: torch.device,
 def cat_conditions(conds: list[Condition]) -> Condition:
     """Stack the rows of conditions of one family and size (shared tensors taken from the first)."""
     first = conds[0]
-    tensors = {k: t if k in first.shared else torch.cat([c.tensors[k] for c in conds]) for k, t in first.tensors.items()}
+    tensors = {k: t if k in first.shared else torch.cat([c.tensors[k] for c in conds])
+               for k, t in first.tensors.items()}
     return dataclasses.replace(first, tensors=tensors)
 
 

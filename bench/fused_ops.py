@@ -33,11 +33,23 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-from common import (RESULTS_DIR, cache_bytes, copy_ceiling, count_device_launches, cpu_busy_fraction,
-                    describe_device, finite_or_none, format_table, pick_device, synchronize, time_calls,
-                    versions, write_json_atomic)
+from common import (
+    RESULTS_DIR,
+    cache_bytes,
+    copy_ceiling,
+    count_device_launches,
+    cpu_busy_fraction,
+    describe_device,
+    finite_or_none,
+    format_table,
+    pick_device,
+    synchronize,
+    time_calls,
+    versions,
+    write_json_atomic,
+)
 from kernel_cases import CASES, PER_SAMPLE_OPS, Case
+
 from editrl_engine import ops, reference
 
 MAX_INPUT_SETS = 16

@@ -4,7 +4,8 @@
     bash bench/gpu_suite.sh                    # on the GPU machine, in the repository root: the plan, <= 480 s
     bash bench/gpu_suite.sh --dry-run          # anywhere: print the plan and check it; exit 1 on any problem
     bash bench/gpu_suite.sh --dry-run --deep   # ... and parse each bench step's arguments with the script's parser
-    bash bench/gpu_suite.sh --list-wheels      # the `pip download` command that fills .whl/ (run it in the project's test environment)
+    bash bench/gpu_suite.sh --list-wheels      # the `pip download` command that fills .whl/ (run it in the
+                                               # project's test environment)
     bash bench/gpu_suite.sh --only fused_ops,reward   # some steps only (install and stage are always kept)
 
 The GPU machine (one H200, torch 2.11 and Triton 3.6 preinstalled, Python 3.12) reaches no network, so every
@@ -23,9 +24,9 @@ in and prints the download command, python 3.12, manylinux x86_64, --no-deps):
 
 That is the closure of the project's requirements (pyproject: numpy diffusers transformers peft safetensors
 pillow tqdm; the serve extra; httpx for bench/serve.py's clients; pytest) over the packages installed in
-the project's test environment, less torch and what torch itself requires (filelock fsspec jinja2 markupsafe mpmath networkx
-setuptools sympy typing-extensions triton: present wherever torch is). tests/test_gpu_suite_plan.py recomputes
-that closure and fails when a wheel is missing from this list.
+the project's test environment, less torch and what torch itself requires (filelock fsspec jinja2 markupsafe
+mpmath networkx setuptools sympy typing-extensions triton: present wherever torch is).
+tests/test_gpu_suite_plan.py recomputes that closure and fails when a wheel is missing from this list.
 
 The plan (PLAN below; `--dry-run` prints it): each step runs under `timeout -k 5 <budget>` in the repository
 root, its output in a log; a failed or timed-out step is recorded and the suite goes on. The required steps'

@@ -38,10 +38,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    built_on,
+    busy_note,
+    cpu_busy_fraction,
+    describe_device,
+    error_text,
+    finite_or_none,
+    format_table,
+    pick_device,
+    print_targets,
+    results_file,
+    synchronize,
+    versions,
+    write_json_atomic,
+)
 from PIL import Image
 
-from common import (built_on, busy_note, cpu_busy_fraction, describe_device, error_text, finite_or_none,
-                    format_table, pick_device, print_targets, results_file, synchronize, versions, write_json_atomic)
 from editrl_engine.reward import load_reward
 
 SEVEN_B_PRESET = "qwen2.5-vl-7b"               # ModelConfig's defaults: the published 7B sizes
@@ -139,15 +152,15 @@ def logit_rows(config: dict, device: torch.device, rng: np.random.Generator, log
             rows.append(row("mllm_logit", backend, "all", error=error_text(exc)))
             continue
 
-        def per_sample(i):
+        def per_sample(i, reward=reward):
             source, edits = sets[i % 3]
             reward.score([source], [INSTRUCTION], [edits[i % g]])
 
-        def batched(i):
+        def batched(i, reward=reward):
             source, edits = sets[i % 3]
             reward.score([source] * g, [INSTRUCTION] * g, edits)
 
-        def group(i):
+        def group(i, reward=reward):
             source, edits = sets[i % 3]
             reward.score_groups([source], [INSTRUCTION], [edits])
 

@@ -42,9 +42,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    cpu_busy_fraction,
+    describe_device,
+    error_text,
+    finite_or_none,
+    format_table,
+    pick_device,
+    print_targets,
+    results_file,
+    synchronize,
+    time_calls,
+    versions,
+    write_json_atomic,
+)
 
-from common import (cpu_busy_fraction, describe_device, error_text, finite_or_none, format_table, pick_device,
-                    print_targets, results_file, synchronize, time_calls, versions, write_json_atomic)
 from editrl_engine.policy import attention, samplers
 
 DEFAULTS = {  # per device type: model preset, dtype, image sizes, images per rollout (per size), repeats
@@ -280,6 +292,7 @@ def run_rollouts(config: dict, device: torch.device, log) -> tuple[list[dict], d
 def write_jpegs(folder: Path, count: int, height: int, width: int) -> list:
     """`count` JPEGs of smooth colour fields with a few shapes (decode cost like photos, not like noise)."""
     from PIL import Image, ImageDraw
+
     from editrl_engine.data.manifest import EditRow
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)

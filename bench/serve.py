@@ -39,9 +39,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
-from common import (busy_note, cpu_busy_fraction, describe_device, finite_or_none, format_table, pick_device,
-                    print_targets, results_file, versions, write_json_atomic)
+from common import (
+    busy_note,
+    cpu_busy_fraction,
+    describe_device,
+    finite_or_none,
+    format_table,
+    pick_device,
+    print_targets,
+    results_file,
+    versions,
+    write_json_atomic,
+)
 
 SEVEN_B_PRESET = "qwen2.5-vl-7b"
 DEFAULTS = {
@@ -85,10 +94,10 @@ def internal_server(settings: dict) -> int:
     READY {mode: port}; on 'stop' (stdin) shut them down gracefully and print the final counts as JSON.
     The parent drives one mode at a time, so the workers never use the model at once."""
     import torch
+    from reward import built_on
 
     from editrl_engine.reward import load_reward
     from editrl_engine.serve import BackgroundServer, ServeConfig, create_app
-    from reward import built_on
 
     device, dtype = torch.device(settings["device"]), getattr(torch, settings["dtype"])
     with built_on(device, dtype):

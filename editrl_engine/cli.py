@@ -186,9 +186,9 @@ def _add_demo(subparsers) -> None:
 
 
 def _run_pretrain_demo(args: argparse.Namespace) -> None:
+    from .engine.demo import pretrain as defaults
+    from .engine.demo import task
     from .engine.demo.pretrain import pretrain
-
-    from .engine.demo import pretrain as defaults, task
     path = pretrain(args.out, steps=args.steps or defaults.STEPS, seed=args.seed,
                     ghost=task.GHOST if args.ghost is None else args.ghost)
     print(f"warm-up checkpoint: {path} ({__import__('os').path.getsize(path) / 1e6:.2f} MB)")

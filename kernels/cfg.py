@@ -1,4 +1,5 @@
-"""Triton kernels of classifier-free guidance on token rows: cfg_combine forward and backward (optional norm rescale)."""
+"""Triton kernels of classifier-free guidance on token rows: cfg_combine forward and backward (optional norm
+rescale)."""
 from __future__ import annotations
 
 import torch

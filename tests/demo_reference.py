@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from editrl_engine.data.synthetic import ShapeTask
+from editrl_engine.engine.demo import task as demo_task
 from editrl_engine.policy.base import EditPolicy
 from editrl_engine.policy.sampling.rollout import ode_sample
 from editrl_engine.reward.programmatic import ProgrammaticReward
-from editrl_engine.engine.demo import task as demo_task
 
 EVAL_STEPS, EVAL_SEED = demo_task.EVAL_STEPS, demo_task.EVAL_SEED
 

@@ -19,10 +19,23 @@ import pytest
 import torch
 from PIL import Image
 
-from editrl_engine.data import (EditLoader, EditRow, SkippedImageWarning, available_backends,
-                                dali_unavailable_reason, encoded_problem, group_key, make_decoder, make_tasks,
-                                measure_loader, read_manifest, shard_indices, write_manifest, write_synthetic,
-                                write_textured_images)
+from editrl_engine.data import (
+    EditLoader,
+    EditRow,
+    SkippedImageWarning,
+    available_backends,
+    dali_unavailable_reason,
+    encoded_problem,
+    group_key,
+    make_decoder,
+    make_tasks,
+    measure_loader,
+    read_manifest,
+    shard_indices,
+    write_manifest,
+    write_synthetic,
+    write_textured_images,
+)
 
 NATIVE = 48
 RESIZES = [64, 32, (24, 40), (40, 56), 17]

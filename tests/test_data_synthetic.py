@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editrl_engine.data import (EDIT_KINDS, ShapeTask, make_task, make_tasks, read_manifest, task_images,
-                                write_synthetic)
+from editrl_engine.data import EDIT_KINDS, ShapeTask, make_task, make_tasks, read_manifest, task_images, write_synthetic
 from editrl_engine.data.shapes import shape_mask
 
 CELL_NAMES = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]

@@ -14,12 +14,13 @@ PLAN = StepPlan(step=3, keys=(), rows=(), group_size=2, world_size=1)
 
 
 def trajectory(n: int = 5) -> GRPOTrajectory:
-    return GRPOTrajectory(torch.randn(n, 2, 3, 4), torch.randn(n, 2, 3, 4), torch.randn(n, 2), torch.tensor([1.0, 0.5]),
-                          torch.tensor([0.5, 0.25]), torch.tensor([0, 1]))
+    return GRPOTrajectory(torch.randn(n, 2, 3, 4), torch.randn(n, 2, 3, 4), torch.randn(n, 2),
+                          torch.tensor([1.0, 0.5]), torch.tensor([0.5, 0.25]), torch.tensor([0, 1]))
 
 
 def rollout(n: int = 5, with_trajectory: bool = True) -> Rollout:
-    return Rollout(PLAN, list(range(10, 10 + n)), None, torch.randn(n, 3, 4), torch.zeros(n, 3, 2, 2, dtype=torch.uint8),
+    images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
+    return Rollout(PLAN, list(range(10, 10 + n)), None, torch.randn(n, 3, 4), images,
                    [torch.zeros(3, 2, 2, dtype=torch.uint8)] * n, [1.0, 0.5, 0.25, 0.0],
                    trajectory(n) if with_trajectory else None, 1.5)
 

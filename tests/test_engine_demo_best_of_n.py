@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from editrl_engine.engine.config import load_config
-from editrl_engine.engine.demo import pretrain, task as demo_task
+from editrl_engine.engine.demo import pretrain
+from editrl_engine.engine.demo import task as demo_task
 from editrl_engine.engine.demo.best_of_n import best_of_n_success
 from editrl_engine.engine.evaluation import sample_items
 from editrl_engine.engine.tasks import TaskSet

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from editrl_engine.engine.config import load_config
-from editrl_engine.engine.demo import pretrain, task as demo_task
+from editrl_engine.engine.demo import pretrain
+from editrl_engine.engine.demo import task as demo_task
+from editrl_engine.engine.demo.run import run_demo
 
 from . import demo_reference as evaluate
-from editrl_engine.engine.demo.run import run_demo
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editrl_engine.engine.demo import pretrain, task as demo_task
+from editrl_engine.engine.demo import pretrain
+from editrl_engine.engine.demo import task as demo_task
 
 from . import demo_reference as evaluate
 

@@ -109,7 +109,8 @@ def test_grpo_first_update_is_on_policy(tmp_path):
 def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path, algo, audited_ledger):
     straight, _ = run(tiny_config(tmp_path / "straight", "run.steps=4", algo=algo))
     # the reward's 2nd call sends SIGTERM: the step finishes, a checkpoint is written, the run stops
-    killed = Trainer(tiny_config(tmp_path / "killed", "run.steps=4", algo=algo), reward=BrightnessReward(kill_on_call=2))
+    killed = Trainer(tiny_config(tmp_path / "killed", "run.steps=4", algo=algo),
+                     reward=BrightnessReward(kill_on_call=2))
     summary = killed.train()
     assert summary["stopped_by_signal"] is not None and summary["step"] < 4
     assert summary["checkpoint"] and (tmp_path / "killed" / "checkpoints" / "latest").is_file()

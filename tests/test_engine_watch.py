@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from editrl_engine.engine import ConfigError, Trainer, dump_toml, load_config
-from editrl_engine.engine.config import REWARD_KINDS, EvalConfig
 from editrl_engine.engine.checkpoint import load_torch
+from editrl_engine.engine.config import REWARD_KINDS, EvalConfig
 from editrl_engine.engine.metrics import read_metrics
 from editrl_engine.engine.watch import DivergenceAlarm, detail_rates, held_out_tasks
 from editrl_engine.reward.base import RewardBatch, RewardModel, check_triples

@@ -38,7 +38,8 @@ def loop_advantages(rewards, group_index, num_groups, std="group", eps=1e-4, cli
     adv, valid = [], []
     for i, x in enumerate(r):
         k = g[i]
-        ok = finite[i] and (filter_std is None or gstd[k] > filter_std) and (filter_mean is None or mean[k] < filter_mean)
+        ok = (finite[i] and (filter_std is None or gstd[k] > filter_std)
+              and (filter_mean is None or mean[k] < filter_mean))
         valid.append(ok)
         norm = global_std if std == "global" else gstd[k]
         adv.append(min(max((x - mean[k]) / (norm + eps), -clip), clip) if ok else 0.0)

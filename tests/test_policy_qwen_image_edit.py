@@ -93,7 +93,7 @@ def test_decode_is_the_pipeline_image(policy, pipe):
     noise = policy.noise(cond, [torch.Generator().manual_seed(3)])
     with torch.no_grad():
         theirs = pipe(image=image, prompt=INSTRUCTIONS[0], num_inference_steps=2, latents=noise.clone(),
-                      true_cfg_scale=1.0, output_type="np").images                                                # [1, H, W, 3] in [0, 1]
+                      true_cfg_scale=1.0, output_type="np").images                   # [1, H, W, 3] in [0, 1]
         ours = policy.decode(euler(policy, cond, noise, 2, None), cond)
     assert ours.dtype == torch.uint8 and ours.shape == (1, 3, *cond.image_size)
     expected = torch.from_numpy((theirs * 255).round()).permute(0, 3, 1, 2)

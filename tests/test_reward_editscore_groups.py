@@ -14,7 +14,6 @@ from editrl_engine.reward.editscore import EditScoreReward
 from .judge_groups import GROUPS, INSTRUCTIONS, SOURCES, cached_generate_calls, step_logits
 
 
-
 def flat(groups=GROUPS):
     return ([s for s, group in zip(SOURCES, groups) for _ in group],
             [i for i, group in zip(INSTRUCTIONS, groups) for _ in group], [e for group in groups for e in group])

@@ -2,7 +2,6 @@
 any group sizes and instruction lengths, and the shared prefix (source image included) is computed once per group."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -56,7 +55,8 @@ def test_prefix_and_suffix_tokenise_like_the_whole_prompt(reward):
     tokenizer = reward.vlm.tokenizer
     for instruction, requirement in zip(INSTRUCTIONS, REQUIREMENTS):
         whole = tokenizer.encode(mllm_logit.build_prompt(instruction, requirement))
-        parts = tokenizer.encode(mllm_logit.build_prefix(instruction, requirement)) + tokenizer.encode(mllm_logit.SUFFIX)
+        prefix = tokenizer.encode(mllm_logit.build_prefix(instruction, requirement))
+        parts = prefix + tokenizer.encode(mllm_logit.SUFFIX)
         assert whole == parts
 
 

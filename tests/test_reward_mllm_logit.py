@@ -14,8 +14,8 @@ from editrl_engine.reward import load_reward, mllm_logit
 from editrl_engine.vlm import qwen2_5_vl
 from editrl_engine.vlm.qwen2_5_vl.tokenizer import _vocab_and_merges
 
-INSTRUCTIONS = ["make it red", "turn the big blue circle into a small yellow square in the top left corner", "add a cat",
-                "remove the tree and keep the sky", "paint the house green"]
+INSTRUCTIONS = ["make it red", "turn the big blue circle into a small yellow square in the top left corner",
+                "add a cat", "remove the tree and keep the sky", "paint the house green"]
 REQUIREMENTS = [None, "keep the background", None, "the sky must stay blue", None]
 SIZES = [(64, 64), (80, 48), (40, 72), (96, 96), (56, 84)]
 

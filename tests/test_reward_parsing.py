@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from editrl_engine.reward.parsing import (EDITSCORE_MAX, VIESCORE_MAX, combine_sc_pq, parse_judge_scores,
-                                          rescale_to_ten)
+from editrl_engine.reward.parsing import EDITSCORE_MAX, VIESCORE_MAX, combine_sc_pq, parse_judge_scores, rescale_to_ten
 
 NAN = math.nan
 

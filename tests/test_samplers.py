@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from editrl_engine import ops
-from editrl_engine.policy.samplers import (dpm2_coefficients, euler_step, grpo_rollout, nft_rollout, ode_sample,
-                                           sample_generators, sde_window, stochastic_steps)
+from editrl_engine.policy.samplers import (
+    dpm2_coefficients,
+    euler_step,
+    grpo_rollout,
+    nft_rollout,
+    ode_sample,
+    sample_generators,
+    sde_window,
+    stochastic_steps,
+)
 
 from .toy_policy import ToyPolicy, toy_condition
 

@@ -19,8 +19,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from editrl_engine.data import make_tasks, task_images
 from editrl_engine.reward.programmatic import ProgrammaticReward
 
-from .serve_fakes import (CountingReward, GroupCountingReward, b64, noisy, png_bytes, red_mean, score_body, serve,
-                          solid, tiny_judge, tiny_policy, wait_until)
+from .serve_fakes import (
+    CountingReward,
+    GroupCountingReward,
+    b64,
+    noisy,
+    png_bytes,
+    red_mean,
+    score_body,
+    serve,
+    solid,
+    tiny_judge,
+    tiny_policy,
+    wait_until,
+)
 
 TIMEOUT = httpx.Timeout(60.0)
 

@@ -2,9 +2,9 @@
 
 Wraps `ops.group_advantages`. Defaults follow UniWorld-V2: a group counts in the loss only if its std > 0.05
 and its mean < 0.9, and a group with std < 0.05 and mean > 0.9 (solved, nothing left to learn) is banned from
-further sampling. Every threshold can be changed or disabled (a negative value, as TOML writes it, or None). NaN rewards (unparseable judge answers)
-are excluded. All work stays on the rewards' device; the statistics and ban mask come to the host in one
-transfer at the end.
+further sampling. Every threshold can be changed or disabled (a negative value, as TOML writes it, or None).
+NaN rewards (unparseable judge answers) are excluded. All work stays on the rewards' device; the statistics and
+ban mask come to the host in one transfer at the end.
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import dataclasses
 
 from .. import ops
 
-
 SDE_KINDS = ("flow_grpo", "cps")
 
 

@@ -14,7 +14,6 @@ import torch
 
 from .. import ops
 
-
 SAMPLE_ADAPTERS = ("old", "default")
 
 

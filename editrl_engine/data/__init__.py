@@ -12,8 +12,17 @@
 from .decoding import BACKENDS, Decoded, Decoder, available_backends, dali_unavailable_reason, make_decoder
 from .integrity import encoded_problem
 from .loaders import EditBatch, EditLoader, LoaderStats, SkippedImageWarning
-from .manifest import (EditRow, GroupKey, ManifestError, file_digest, group_key, image_digest, parse_row,
-                       read_manifest, write_manifest)
+from .manifest import (
+                       EditRow,
+                       GroupKey,
+                       ManifestError,
+                       file_digest,
+                       group_key,
+                       image_digest,
+                       parse_row,
+                       read_manifest,
+                       write_manifest,
+)
 from .shapes import CELLS, PALETTE, SHAPE_KINDS, Shape, render
 from .sharding import epoch_order, shard_indices
 from .synthetic import EDIT_KINDS, Edit, ShapeTask, make_task, make_tasks, task_images, write_synthetic

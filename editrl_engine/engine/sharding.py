@@ -2,8 +2,9 @@
 are sharded with torch.distributed.fsdp.fully_shard (torchtitan's order: checkpointing -> compile -> FSDP2).
 
 FSDP2's reduce-scatter averages over the ranks (gloo has no pre-multiplied sum), so the engine scales each rank's
-loss by the number of ranks on top of its share of the global valid samples. Full tensors are gathered (a collective: every policy rank calls
-these) when a checkpoint is written, and scattered back into the shards on resume.
+loss by the number of ranks on top of its share of the global valid samples. Full tensors are gathered (a
+collective: every policy rank calls these) when a checkpoint is written, and scattered back into the shards on
+resume.
 """
 from __future__ import annotations
 

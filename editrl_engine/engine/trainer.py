@@ -29,8 +29,14 @@ from ..policy.lora import adapter_state_dict, save_adapter
 from . import checkpoint as ckpt
 from .batch import Batch, Rollout, rollout_from_record, rollout_record
 from .config import RewardConfig, TrainConfig, dump_toml
-from .distributed import (Placement, all_gather_rows, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
-                          init_placement)
+from .distributed import (
+    Placement,
+    all_gather_rows,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_parameters,
+    init_placement,
+)
 from .rollouts import rollout_step
 from .scoring import LocalScorer, RemoteScorer, RewardLedger, serve_rewards
 from .sharding import full, load_into

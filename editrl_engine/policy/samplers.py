@@ -9,8 +9,16 @@ editrl_engine/policy/sampling/: windows.py, solvers.py, rollout.py.
 """
 from __future__ import annotations
 
-from .sampling.rollout import (SOLVERS, GRPORollout, NFTRollout, grpo_rollout, nft_rollout, ode_sample,
-                               repeat_for_group, sample_generators)
+from .sampling.rollout import (
+                               SOLVERS,
+                               GRPORollout,
+                               NFTRollout,
+                               grpo_rollout,
+                               nft_rollout,
+                               ode_sample,
+                               repeat_for_group,
+                               sample_generators,
+)
 from .sampling.solvers import DPMStep, dpm2_coefficients, dpm2_step, euler_step
 from .sampling.windows import sde_window, stochastic_steps
 

@@ -197,7 +197,7 @@ def make_scorer(backend: str, model: nn.Module, token_ids: Sequence[int] | None 
         raise BackendUnavailable(f"scoring backend {backend!r} supports Qwen2.5-VL models only, got model_type "
                                  f"{model_type!r}; use backend='eager'")
     if backend == "tensorrt":
-        from .tensorrt_scorer import TensorRTScorer                     # raises BackendUnavailable without it
+        from .tensorrt_scorer import TensorRTScorer  # raises BackendUnavailable without it
         scorer_type = TensorRTScorer
     else:
         scorer_type = {"eager": Scorer, "compiled": CompiledScorer, "onnx": OnnxScorer}[backend]

@@ -27,8 +27,7 @@ from editrl_engine.vlm.images import as_rgb_image
 from . import editscore_prompts as prompts
 from . import group_generation
 from .base import RewardBatch, RewardModel, check_groups, check_triples, per_candidate
-from .parsing import (EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores,
-                      rescale_to_ten)
+from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores, rescale_to_ten
 
 SCALES = {"editscore": EDITSCORE_MAX, "viescore": VIESCORE_MAX}
 SCORES_PER_CALL = 2                                          # SC: (following, consistency); PQ: (natural, artifacts)
@@ -236,8 +235,9 @@ def merge_lora(model: torch.nn.Module, adapter: str | os.PathLike) -> torch.nn.M
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.float32, backend: str = "eager", *, lora: str | os.PathLike | None = None,
          seed: int = 0, family: str | None = None, **options) -> EditScoreReward:
-    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny", random weights from `seed`), with an optional
-    LoRA adapter folder `lora` merged in. options: EditScoreReward's (scale, passes, greedy, base_seed, ...)."""
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a
+    preset ("tiny", random weights from `seed`), with an optional LoRA adapter folder `lora` merged in.
+    options: EditScoreReward's (scale, passes, greedy, base_seed, ...)."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"editscore backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")

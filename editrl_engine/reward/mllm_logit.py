@@ -182,8 +182,10 @@ def rewards(probabilities: torch.Tensor) -> RewardBatch:
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None, **options) -> MllmLogitReward:
-    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny": random weights, tokenizer learnt on the prompt).
+         dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None,
+         **options) -> MllmLogitReward:
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a
+    preset ("tiny": random weights, tokenizer learnt on the prompt).
 
     backend: one of BACKENDS (backends.py); one that cannot run here raises BackendUnavailable saying why.
     options: requirement, max_image_pixels, batch_size, backend_options (MllmLogitReward)."""

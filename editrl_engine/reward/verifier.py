@@ -239,8 +239,9 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
          dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None,
          sampling: Sampling | dict | None = None, batch_size: int = 8, max_image_pixels: int = 512 * 512,
          generate_principles: bool = True) -> VerifierReward:
-    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a preset ("tiny": random weights, tokenizer learnt on the
-    prompts). sampling: a Sampling or its fields as a dict (greedy, 1024 new tokens by default)."""
+    """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a
+    preset ("tiny": random weights, tokenizer learnt on the prompts). sampling: a Sampling or its fields as a dict
+    (greedy, 1024 new tokens by default)."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"verifier backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")

@@ -47,7 +47,8 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
     """A VLM of `family` (default: read from the folder at `path`, or DEFAULT_FAMILY for a preset); the other
     arguments are those of the family's own `load`."""
     if family is None:   # read from the folder; without a config.json the default family's loader names what is missing
-        detectable = path is not None and preset is None and os.path.isfile(os.path.join(os.fspath(path), "config.json"))
+        config_file = None if path is None else os.path.join(os.fspath(path), "config.json")
+        detectable = preset is None and config_file is not None and os.path.isfile(config_file)
         family = family_of(path) if detectable else DEFAULT_FAMILY
     return family_module(family).load(path=path, preset=preset, device=device, dtype=dtype, templates=templates,
                                       seed=seed)

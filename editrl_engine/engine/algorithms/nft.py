@@ -10,9 +10,9 @@ from ...algo import nft as objective
 from ...algo.nft import NFTConfig
 from ...policy.lora import nft_decay
 from ...policy.samplers import nft_rollout, ode_sample
-from ..sharding import full, load_into
 from ..config import ConfigError
 from ..seeds import sample_seed
+from ..sharding import full, load_into
 from .base import Algorithm
 
 OLD = "old"

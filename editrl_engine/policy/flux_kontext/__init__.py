@@ -10,7 +10,8 @@ import os
 
 import torch
 
-from .config import PRESETS, FluxKontextConfig, preset as preset_config
+from .config import PRESETS, FluxKontextConfig
+from .config import preset as preset_config
 from .folder import load_components, missing_parts
 from .model import FluxKontextComponents
 from .policy import FluxKontextPolicy

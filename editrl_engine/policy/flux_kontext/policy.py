@@ -37,7 +37,7 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
 
     @property
     def lora_pipeline_class(self) -> type:
-        from .model import lora_loader     # FluxKontextPipeline's own save_lora_weights, without the pipeline module
+        from .model import lora_loader  # FluxKontextPipeline's own save_lora_weights, without the pipeline module
         return lora_loader()
 
     # ---- run options -------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class VaeConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)   # 3 stages: 8x spatial compression
 
     def build(self) -> torch.nn.Module:
-        from diffusers import AutoencoderKLQwenImage           # latents_mean / latents_std: the published values
+        from diffusers import AutoencoderKLQwenImage  # latents_mean / latents_std: the published values
         return AutoencoderKLQwenImage(base_dim=self.base_dim, z_dim=self.z_dim, dim_mult=list(self.dim_mult),
                                       num_res_blocks=self.num_res_blocks,
                                       temperal_downsample=list(self.temporal_downsample))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from transformers import Qwen2Tokenizer
 
-from editrl_engine.vlm.qwen2_5_vl.tokenizer import SPECIAL_TOKENS, build_tokenizer as build_qwen2_tokenizer
+from editrl_engine.vlm.qwen2_5_vl.tokenizer import SPECIAL_TOKENS
+from editrl_engine.vlm.qwen2_5_vl.tokenizer import build_tokenizer as build_qwen2_tokenizer
 
 from .prompt import PROMPT_TEMPLATE
 

@@ -10,7 +10,7 @@ import os
 import torch
 
 from ...errors import MissingPathError
-from ..qwen2_5_vl.folder import REQUIRED_FILES, missing_files      # the same files as a Qwen2.5-VL folder
+from ..qwen2_5_vl.folder import REQUIRED_FILES, missing_files  # the same files as a Qwen2.5-VL folder
 from .support import require_qwen3_vl
 
 MODEL_TYPE = "qwen3_vl"
