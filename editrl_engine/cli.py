@@ -211,7 +211,7 @@ def _add_pretrain_demo(subparsers) -> None:
     parser.set_defaults(run=_run_pretrain_demo)
 
 
-from .serve.cli import add_rerank, add_serve  # noqa: E402  (argparse only; the server loads when it runs)
+from .cli_serve import add_rerank, add_serve  # noqa: E402  (argparse only; the server loads when it runs)
 
 COMMANDS = (_add_eval, _add_train, _add_demo, _add_pretrain_demo, add_rerank, add_serve)
 

@@ -7,7 +7,6 @@
                state.py (ServerState, one request's bookkeeping), batching.py (the model worker), bodies.py
                (request bodies), images.py, schemas.py, metrics.py, runner.py (uvicorn).
                They need the `serve` extra (fastapi, uvicorn, prometheus-client, python-multipart)
-- cli.py       `editrl rerank` and `editrl serve`
 The HTTP parts are imported only when asked for, so the library call needs no web stack.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from ..errors import InputError, MissingPathError, UserError
+from .errors import InputError, MissingPathError, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 FAMILIES = ("flux-kontext", "qwen-image-edit")
@@ -48,7 +48,7 @@ def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool, rew
 def load_reward_from(args: argparse.Namespace):
     import torch
 
-    from ..reward import KINDS, load_reward
+    from .reward import KINDS, load_reward
 
     kind, _, path = args.reward.partition(":")
     if kind not in KINDS:
@@ -57,7 +57,7 @@ def load_reward_from(args: argparse.Namespace):
         if not path:
             raise InputError("--reward programmatic needs the tasks it verifies: give programmatic:MANIFEST.jsonl "
                              "(a synthetic-task manifest with specs, e.g. written by write_synthetic)")
-        from ..data import read_manifest
+        from .data import read_manifest
         return load_reward("programmatic", tasks=read_manifest(path))
     if not path and not args.reward_preset:
         raise InputError(f"--reward {kind} needs weights: give --reward {kind}:DIR (a local folder) or "
@@ -69,7 +69,7 @@ def load_reward_from(args: argparse.Namespace):
 def load_policy_from(args: argparse.Namespace):
     import torch
 
-    from ..policy import load_policy
+    from .policy import load_policy
 
     if args.policy is None:
         return None
@@ -86,7 +86,7 @@ def load_policy_from(args: argparse.Namespace):
 def demo_task_from(spec: str):
     """--task SEED:INDEX -> the demo's synthetic task `index` of `seed` (engine/demo/task.py: 16x16, remove one of
     1-2 shapes; the demo's held-out tasks are seed 9001, indices 0-63)."""
-    from ..engine.demo import task as demo_task
+    from .engine.demo import task as demo_task
 
     seed, sep, index = spec.partition(":")
     if not sep or not seed.strip().lstrip("-").isdigit() or not index.strip().isdigit():
@@ -98,7 +98,7 @@ def demo_task_from(spec: str):
 
 def load_demo_policy_from(args: argparse.Namespace):
     """--policy demo [--lora DIR]: the demo editor with its shipped warm-up, plus a LoRA `editrl demo` wrote."""
-    from ..engine.demo.pretrain import load_demo_editor
+    from .engine.demo.pretrain import load_demo_editor
 
     if args.family != "flux-kontext":
         raise InputError(f"--policy demo is a flux-kontext model; drop --family {args.family}")
@@ -124,7 +124,7 @@ def _rerank_inputs(args: argparse.Namespace):
     if args.lora and args.policy != "demo":
         raise InputError("--lora goes with --policy demo (a diffusers folder carries its own LoRA loading)")
     if task is not None and args.reward in (None, "programmatic"):
-        from ..reward import load_reward
+        from .reward import load_reward
         reward = load_reward("programmatic", tasks=[task])
     elif args.reward is None:
         raise InputError("give --reward KIND[:DIR] (or --task SEED:INDEX, whose default reward is programmatic)")
@@ -135,14 +135,14 @@ def _rerank_inputs(args: argparse.Namespace):
 
 
 def _run_rerank(args: argparse.Namespace) -> None:
-    from .outputs import contact_sheet, write_json_atomic, write_png_atomic
-    from .rerank import rerank
+    from .serve.outputs import contact_sheet, write_json_atomic, write_png_atomic
+    from .serve.rerank import rerank
 
     if args.n < 1 or (args.steps is not None and args.steps < 1):
         raise InputError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     source, instruction, reward, policy, task = _rerank_inputs(args)
     if args.steps is None:
-        from ..engine.demo.task import EVAL_STEPS
+        from .engine.demo.task import EVAL_STEPS
         args.steps = EVAL_STEPS if args.policy == "demo" else 28
     result = rerank(policy, reward, source, instruction, n=args.n, seed=args.seed, num_steps=args.steps,
                     solver=args.solver)
@@ -224,7 +224,7 @@ def add_rerank(subparsers) -> None:
 
 # ---- editrl serve ---------------------------------------------------------------------------------------------
 def serve_config(args: argparse.Namespace):
-    from .server import ServeConfig
+    from .serve.server import ServeConfig
 
     return ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_queue=args.max_queue, timeout_s=args.timeout_s, max_body_mb=args.max_body_mb,
@@ -233,8 +233,8 @@ def serve_config(args: argparse.Namespace):
 
 def _run_serve(args: argparse.Namespace) -> None:
     try:
-        from .runner import serve_forever
-        from .server import create_app
+        from .serve.runner import serve_forever
+        from .serve.server import create_app
     except ModuleNotFoundError as error:
         raise UserError(f"editrl serve needs the web stack, and {error.name!r} is not installed: "
                         "pip install 'editrl-engine[serve]'") from error
