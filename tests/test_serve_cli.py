@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from editrl_engine.cli_serve import add_rerank, add_serve
 from editrl_engine.data import read_manifest, write_synthetic
 from editrl_engine.reward.programmatic import ProgrammaticReward
 from editrl_engine.serve import BackgroundServer, runner
-from editrl_engine.cli_serve import add_rerank, add_serve
 
 from .serve_fakes import noisy, tiny_judge
 
