@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from editrl_engine.engine import Trainer, load_config
+from editrl_engine.engine.config import shipped_configs
 from editrl_engine.engine.scoring import ScoreJob, score_job
 from editrl_engine.engine.tasks import TaskSet
 
@@ -19,8 +20,15 @@ TINY = ["policy.path=''", "policy.preset='tiny'", "policy.attention='math'", "po
         "algo.advantage.filter_std=-1.0", "algo.advantage.filter_mean=-1.0", "algo.advantage.ban_std=-1.0"]
 
 
-@pytest.mark.parametrize("name", ["flux-kontext-nft-editscore", "flux-kontext-grpo-editscore",
-                                  "qwen-image-edit-nft-mllm", "qwen-image-edit-grpo-verifier"])
+MODEL_CONFIGS = sorted(name for name in shipped_configs() if name != "demo")     # the demo has its own tests
+
+
+def test_the_model_configs_are_found():
+    assert {"flux-kontext-nft-editscore", "flux-kontext-grpo-editscore", "qwen-image-edit-nft-mllm",
+            "qwen-image-edit-grpo-verifier", "flux-kontext-grpo-verifier"} <= set(MODEL_CONFIGS)
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_shipped_config_runs_a_step_on_tiny_models(name, tmp_path):
     config = load_config(name, TINY + [f"run.out_dir='{tmp_path}'"])
     trainer = Trainer(config)
