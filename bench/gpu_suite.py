@@ -125,6 +125,8 @@ EXCLUDED = {
     # CPU acceptance of `editrl demo` over three RL seeds (about 2 min per seed); its JSON always names the CPU
     # (demo-cpu.json) and the demo's tiny editor has nothing to measure on a GPU.
     "bench/demo.py": "CPU-only acceptance run of the demo (3 seeds x ~2 min); writes demo-cpu.json whatever the device",
+    # the demo with staleness 0 vs 1 over three seeds: the same CPU-only tiny editor, six runs
+    "bench/demo_staleness.py": "CPU-only: the demo's learning with pipeline.staleness 0 vs 1 (6 runs x ~2 min)",
     # this runner itself
     "bench/gpu_suite.py": "the runner of this plan",
 }

@@ -144,3 +144,39 @@ def test_a_scripted_judge_gets_the_group_prompts_as_whole_calls():
     flat_batch = EditScoreReward(None, generate_fn=record(flat_calls)).score(*flat())
     assert grouped_calls == flat_calls and len(grouped_calls[0]) == 16
     assert grouped.reward.tolist() == flat_batch.reward.tolist() == pytest.approx([0.2] * 8)   # SC = PQ = 5 / 2.5
+
+
+# ---- the publisher's templates (a stand-in package of their shape): the instruction is in the suffix --------
+def test_group_scoring_equals_flat_scoring_with_the_publishers_templates(tmp_path, monkeypatch):
+    from . import editscore_standin
+    editscore_standin.install(tmp_path, monkeypatch)
+    reward = load_reward("editscore", preset="tiny", greedy=True, max_new_tokens=8, batch_size=4,
+                         templates="editscore", pq_images="both")
+    assert reward.metadata()["prompts"] == "editscore package 9.9"
+    tokenizer, chosen = reward.vlm.tokenizer, reward.prompts
+    for instruction in INSTRUCTIONS + ["", "quotes {x} and \"y\"\n"]:
+        prefix, suffix = chosen.sc_prefix(instruction), chosen.sc_suffix(instruction, 25)
+        assert instruction in suffix and prefix.endswith("<|vision_end|>")
+        assert tokenizer.encode(prefix) + tokenizer.encode(suffix) == tokenizer.encode(prefix + suffix)
+    grouped = reward.score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    flat_batch = reward.score(*flat())
+    assert texts(grouped) == texts(flat_batch)
+    torch.testing.assert_close(grouped.reward, flat_batch.reward, equal_nan=True)
+
+
+@pytest.mark.parametrize("pq_images", ["edited", "both"])
+def test_a_scripted_judge_gets_the_publishers_group_prompts_as_whole_calls(tmp_path, monkeypatch, pq_images):
+    from . import editscore_standin
+    editscore_standin.install(tmp_path, monkeypatch)
+
+    def record(seen):
+        def judge(calls, decoding):
+            seen.append([(c.sample, c.kind, c.text, tuple(im.tobytes() for im in c.images)) for c in calls])
+            return ['{"reasoning": "ok", "score": [20, 5]}'] * len(calls)
+        return judge
+    grouped_calls, flat_calls = [], []
+    options = dict(templates="editscore", pq_images=pq_images)
+    EditScoreReward(None, generate_fn=record(grouped_calls), **options).score_groups(SOURCES, INSTRUCTIONS, GROUPS)
+    EditScoreReward(None, generate_fn=record(flat_calls), **options).score(*flat())
+    assert grouped_calls == flat_calls and flat_calls[0][0][2].endswith(INSTRUCTIONS[0] + "\n" + prompts.TAIL)
+    assert len(flat_calls[0][1][3]) == (2 if pq_images == "both" else 1)

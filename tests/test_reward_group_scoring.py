@@ -128,3 +128,40 @@ def test_the_default_requirement_applies_to_groups():
     torch.testing.assert_close(with_default.score_groups(SOURCES[:1], INSTRUCTIONS[:1], groups).reward,
                                with_default.score(SOURCES[:1] * 2, INSTRUCTIONS[:1] * 2, groups[0]).reward,
                                rtol=1e-5, atol=0)
+
+
+@pytest.fixture(scope="module")
+def images_first():
+    return load_reward("mllm_logit", preset="tiny", batch_size=4, layout="uniworld")
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [1, 3, 12, 2], [5, 1, 7]], ids=str)
+def test_images_first_group_scoring_equals_per_triple_scoring(images_first, sizes):
+    """layout uniworld: only the system prompt and the source image are shared; the edited image comes before the
+    instruction, so each candidate's suffix carries its group's text."""
+    groups = candidates(sizes)
+    n = len(sizes)
+    grouped = images_first.score_groups(SOURCES[:n], INSTRUCTIONS[:n], groups, requirements=REQUIREMENTS[:n])
+    unshared = images_first.score(flat(groups, SOURCES), flat(groups, INSTRUCTIONS), [e for g in groups for e in g],
+                                  requirements=flat(groups, REQUIREMENTS))
+    assert len(grouped) == sum(sizes) and grouped.failures == 0
+    torch.testing.assert_close(grouped.reward, unshared.reward, rtol=1e-5, atol=0)
+    p_grouped = torch.tensor([d["probabilities"] for d in grouped.details])
+    p_unshared = torch.tensor([d["probabilities"] for d in unshared.details])
+    torch.testing.assert_close(p_grouped, p_unshared, rtol=1e-5, atol=0)
+
+
+def test_images_first_prefix_is_the_source_image_computed_once(images_first):
+    layout, tokenizer, processor = images_first.layout, images_first.vlm.tokenizer, images_first.vlm.processor
+    for instruction, requirement in zip(INSTRUCTIONS, REQUIREMENTS):
+        prefix = layout.prefix(instruction, requirement)
+        assert prefix.endswith("<|vision_end|>") and prefix.count("<|image_pad|>") == 1 and instruction not in prefix
+        assert tokenizer.encode(layout.prompt(instruction, requirement)) == (
+            tokenizer.encode(prefix) + tokenizer.encode(layout.suffix(instruction, requirement)))
+    groups = candidates([12, 3])
+    edited = [e for g in groups for e in g]
+    grouped = measure(images_first, lambda: images_first.score_groups(SOURCES[:2], INSTRUCTIONS[:2], groups,
+                                                                      requirements=REQUIREMENTS[:2]))
+    patches = [int(processor.image_processor(images=[x], size=images_first.image_size)["image_grid_thw"].prod())
+               for x in SOURCES[:2] + edited]
+    assert grouped["vision_calls"] == 1 + 4 and grouped["patches"] == sum(patches)      # each source encoded once

@@ -50,6 +50,54 @@ UNREADABLE = [
 ]
 
 
+# unambiguous answers outside strict JSON: a bare list, a keyed list without quotes or braces, unquoted keys
+UNAMBIGUOUS = [
+    ("[20, 15]", (20.0, 15.0)),
+    ("  [20, 15]\n", (20.0, 15.0)),
+    ("My scores: [20, 15]", (20.0, 15.0)),                             # the one bracketed list, no score key
+    ("score: [20, 18]", (20.0, 18.0)),
+    ("Score = [20, 18]", (20.0, 18.0)),
+    ("Reasoning: the cat is there.\nscores: [3, 4]", (3.0, 4.0)),
+    ('score: [20, 18]\n"score": [20, 18]', (20.0, 18.0)),               # the same list twice agrees
+    ('{score: [20, 18], reasoning: "the sky, reasoning: fine"}', (20.0, 18.0)),
+    ('{reasoning: "it\'s fine", score: [1, 2],}', (1.0, 2.0)),
+    ("```json\n{reasoning: 'fenced', score: ['9', 10]}\n```", (9.0, 10.0)),
+    ('output score = [score1, score2]\n{"reasoning": "a", "score": [5, 6]}', (5.0, 6.0)),  # an echo that is no list
+]
+AMBIGUOUS = [
+    ('{"score": [20, 15]} and then {"score": [10, 5]}', "several different score lists"),
+    ("score: [20, 18] or rather score: [10, 1]", "several different score lists"),
+    ('{"reasoning": "first score: [9, 9]", "score": [1, 2]}', "several different score lists"),
+    ("Image [1] and image [2] get [20, 15]", "several bracketed lists"),
+    ("[20, 15] [18, 12]", "several bracketed lists"),
+    ('{"reasoning": "no score key", "rating": [20, 15]}', "no JSON"),   # an object, but no score in it
+    ("[26, 1]", "out of range"),
+    ("score: [20, 30]", "out of range"),
+    ("[20]", "expected 2"),
+    ("[20, 15, 10]", "expected 2"),
+    ("[]", "expected 2"),
+    ("[high, low]", "unreadable score list"),
+    ("score: [a, b]", "unreadable score list"),
+    ("I'm sorry, but I can't assist with that request.", "no JSON"),
+    ("score1: 20, score2: 15", "no JSON"),                               # numbers but no list
+    ("[20, 1", "no JSON"),                                              # cut off inside the list
+    ("{score: [20, 18", "cut off"),
+]
+
+
+@pytest.mark.parametrize("answer, expected", UNAMBIGUOUS)
+def test_unambiguous_answers_outside_strict_json(answer, expected):
+    parsed = parse_judge_scores(answer, count=2, max_score=EDITSCORE_MAX)
+    assert parsed.ok and parsed.error is None and parsed.scores == expected
+
+
+@pytest.mark.parametrize("answer, reason", AMBIGUOUS)
+def test_ambiguous_or_invalid_answers_give_no_scores(answer, reason):
+    parsed = parse_judge_scores(answer, count=2, max_score=EDITSCORE_MAX)
+    assert not parsed.ok and parsed.scores is None
+    assert reason.lower() in parsed.error.lower()
+
+
 @pytest.mark.parametrize("answer, expected", READABLE)
 def test_readable_answers(answer, expected):
     parsed = parse_judge_scores(answer, count=2, max_score=EDITSCORE_MAX)

@@ -15,6 +15,7 @@ import torch
 from .. import ops
 
 SAMPLE_ADAPTERS = ("old", "default")
+ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")   # UniWorld-V2's train.adv_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class NFTConfig:
     group_noise: bool = False         # the samples of a group share their training timesteps and noise (common
                                       # random numbers: the noise terms cancel across the group's advantages,
                                       # which sum to zero); False draws them per sample
+    adv_mode: str = "all"             # UniWorld-V2's variants, applied to A clipped to ±adv_clip_max before r:
+                                      # all (unchanged), positive_only clamp(A, 0, max), negative_only
+                                      # clamp(A, -max, 0), one_only 1 if A > 0 else 0, binary sign(A)
 
     def __post_init__(self):
         problems = []
@@ -40,13 +44,31 @@ class NFTConfig:
             problems.append(f"kl_beta must be >= 0, got {self.kl_beta}")
         if self.sample_adapter not in SAMPLE_ADAPTERS:
             problems.append(f"sample_adapter must be one of {list(SAMPLE_ADAPTERS)}, got {self.sample_adapter!r}")
+        if self.adv_mode not in ADV_MODES:
+            problems.append(f"adv_mode must be one of {list(ADV_MODES)}, got {self.adv_mode!r}")
         if problems:
             raise ValueError("algo.nft: " + "; ".join(problems))
 
 
 def optimality(advantages: torch.Tensor, config: NFTConfig = NFTConfig(), *, backend=None) -> torch.Tensor:
-    """r [N] in [0, 1] from advantages [N]."""
-    return ops.nft_optimality(advantages, config.adv_clip_max, backend=backend)
+    """r [N] in [0, 1] from advantages [N] (after config.adv_mode)."""
+    return ops.nft_optimality(mode_advantages(advantages, config), config.adv_clip_max, backend=backend)
+
+
+def mode_advantages(advantages: torch.Tensor, config: NFTConfig = NFTConfig()) -> torch.Tensor:
+    """advantages [N] under config.adv_mode: "all" returns them unchanged; the others clip to ±adv_clip_max first,
+    then keep the positive part, the negative part, 1 where positive (else 0), or the sign (UniWorld-V2)."""
+    mode, clip = config.adv_mode, config.adv_clip_max
+    if mode == "all":
+        return advantages
+    a = advantages.clamp(-clip, clip)                                                 # [N]
+    if mode == "positive_only":
+        return a.clamp(min=0)
+    if mode == "negative_only":
+        return a.clamp(max=0)
+    if mode == "one_only":
+        return (a > 0).to(a.dtype)
+    return torch.sign(a)                                                              # binary
 
 
 def num_train_timesteps(num_timesteps: int, fraction: float = 0.99) -> int:

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.resources
 import math
 import os
+import textwrap
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,10 @@ from ..errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key and the fix."""
+
+
+LORA_INITS = ("default", "gaussian")
+EMA_SCHEDULES = ("fixed", "warmup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +60,12 @@ class PolicyConfig:
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_targets: tuple[str, ...] = ()     # empty: the family's defaults
+    lora_init: str = "default"             # LoRA A init: default (peft's Kaiming-uniform) | gaussian (peft's
+                                           # init_lora_weights="gaussian", UniWorld-V2); B = 0 either way
+
+    def __post_init__(self):
+        if self.lora_init not in LORA_INITS:
+            raise ConfigError(f"policy.lora_init must be one of {list(LORA_INITS)}, got {self.lora_init!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +78,19 @@ class RewardConfig:
     backend: str = "eager"
     lora: str = ""                         # editscore: the EditScore LoRA adapter folder, merged at load
     avg_k: int = 1                         # editscore: Avg@K self-ensemble passes (sampled); 1 = greedy
+    templates: str = "auto"                # editscore: auto (publisher's for a lora if installed) | editscore | project
+    pq_images: str = "edited"              # editscore: what the PQ call sees: edited | both (the publisher's RL reward)
+    reduction: str = "mean_overall"        # editscore, over passes: mean_overall | average_first (sqrt(mSC*mPQ))
     weights: dict[str, float] = dataclasses.field(default_factory=dict)   # a weighted combination of kinds
+    layout: str = "interleaved"            # mllm_logit prompt: interleaved | uniworld (images first, UniWorld-V2) |
+                                           # the path of a template file ({instruction}, {requirement})
+    jpeg_quality: int = 0                  # mllm_logit: 0 off, else a JPEG round trip of every image (UniWorld-V2: 75)
+
+    def __post_init__(self):
+        if isinstance(self.jpeg_quality, bool) or not 0 <= self.jpeg_quality <= 100:
+            section = "eval.gold" if isinstance(self, GoldConfig) else "reward"
+            raise ConfigError(f"{section}.jpeg_quality must be 0 (off) or a JPEG quality 1..100, "
+                              f"got {self.jpeg_quality}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +160,34 @@ class OptimConfig:
     updates_per_step: int = 1              # optimizer steps per training step (the batch split in that many)
     ema_decay: float = 0.9                 # EMA of the LoRA weights, for evaluation only
     ema_every: int = 8                     # ... updated every this many steps (0 disables)
+    ema_schedule: str = "fixed"            # fixed: ema_decay; warmup: min((1 + s) / (10 + s), ema_decay) with s the
+                                           # steps done (UniWorld-V2, with ema_every = 1)
+    step_when_filtered: bool = False       # when every group of a part is filtered: false skips the optimizer step
+                                           # (nothing to learn, weights untouched); true steps AdamW on zero
+                                           # gradients (weight decay and the moments' decay apply, as UniWorld-V2)
+
+    def __post_init__(self):
+        if self.ema_schedule not in EMA_SCHEDULES:
+            raise ConfigError(f"optim.ema_schedule must be one of {list(EMA_SCHEDULES)}, got {self.ema_schedule!r}")
+        if self.ema_every < 0:
+            raise ConfigError(f"optim.ema_every must be >= 0 (0 disables the EMA), got {self.ema_every}")
+
+    def ema_decay_at(self, steps_done: int) -> float:
+        """The EMA's decay for the update after `steps_done` training steps (1 after the first)."""
+        if self.ema_schedule == "warmup":
+            return min((1 + steps_done) / (10 + steps_done), self.ema_decay)
+        return self.ema_decay
+
+
+STALENESS_NOTE = ("pipeline.staleness: 1 overlaps: step k + 1's rollouts are sampled from the old adapter before step "
+                  "k's update and old-adapter update (one step older); 0 is the exact order (update, old-adapter "
+                  "update, then sample), as DiffusionNFT / UniWorld-V2 run it; -1: the algorithm's default")
+SECTION_NOTES = {"pipeline": STALENESS_NOTE}   # comment lines dump_toml writes above a section (--print-config)
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    staleness: int = -1                    # -1: the algorithm's default (NFT 1, GRPO 0)
+    staleness: int = -1                    # -1: the algorithm's default (NFT 1, GRPO 0); 0 / 1: STALENESS_NOTE
     placement: str = "colocated"           # colocated | separate (reward ranks score, policy ranks train)
     reward_ranks: int = 0                  # with placement = separate: how many of the world's ranks score
     backend: str = ""                      # torch.distributed backend; "" = nccl on CUDA, gloo on CPU
@@ -174,6 +220,7 @@ class GoldConfig(RewardConfig):
     kind: str = ""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.kind and self.kind not in REWARD_KINDS and not self.weights:
             raise ConfigError(f"eval.gold.kind must be one of {list(REWARD_KINDS)} (or \"\" for none), got "
                               f"{self.kind!r}")
@@ -375,7 +422,9 @@ def dump_toml(config: TrainConfig) -> str:
     def table(prefix: str, values: dict) -> None:
         scalars = {k: v for k, v in values.items() if not isinstance(v, dict) or not v or k == "weights"}
         if prefix:
-            lines.append(f"\n[{prefix}]")
+            lines.append("")
+            lines.extend(f"# {line}" for line in _wrap(SECTION_NOTES.get(prefix, "")))
+            lines.append(f"[{prefix}]")
         for k, v in scalars.items():
             lines.append(f"{k} = {_toml_value(v)}")
         for k, v in values.items():
@@ -384,6 +433,10 @@ def dump_toml(config: TrainConfig) -> str:
 
     table("", to_dict(config))
     return "\n".join(lines).lstrip() + "\n"
+
+
+def _wrap(text: str, width: int = 118) -> list[str]:
+    return textwrap.wrap(text, width - 2) if text else []
 
 
 def _toml_value(value) -> str:

@@ -62,6 +62,9 @@ def reward_from_section(r: RewardConfig, device: torch.device):
             options["lora"] = r.lora
         if r.avg_k > 1:
             options.update(passes=r.avg_k, greedy=False)
+        options.update(templates=r.templates, pq_images=r.pq_images, reduction=r.reduction)
+    if r.kind == "mllm_logit" and not r.weights:
+        options.update(layout=r.layout, jpeg_quality=r.jpeg_quality)
     return load_reward(kind, path=r.path or None, preset=r.preset or None, device=r.device or device,
                        dtype=DTYPES[r.dtype], backend=r.backend, **options)
 
@@ -152,7 +155,9 @@ class Trainer:
         self.policy = self._policy or build_policy(cfg, self.device)
         with torch.random.fork_rng(devices=[]):              # LoRA A-matrices drawn from the run's seed
             torch.manual_seed(cfg.run.seed)
-            self.policy.add_lora(cfg.policy.lora_rank, cfg.policy.lora_alpha, list(cfg.policy.lora_targets) or None)
+            init = {"init": cfg.policy.lora_init} if cfg.policy.lora_init != "default" else {}
+            self.policy.add_lora(cfg.policy.lora_rank, cfg.policy.lora_alpha, list(cfg.policy.lora_targets) or None,
+                                 **init)
         self.algorithm.attach(self.policy)
         self.params = self.policy.lora_parameters()
         broadcast_parameters(self.params, place)
@@ -289,17 +294,23 @@ class Trainer:
 
     def _update(self, batch: Batch, failures: float) -> dict[str, float]:
         """optim.updates_per_step optimizer steps, each on a part of the batch: gradients, all-reduce, clip, AdamW.
-        A part with no valid row on any rank takes no step."""
+        A part with no valid row on any rank takes no step, or with optim.step_when_filtered an AdamW step on zero
+        gradients (counted in filtered_steps, not optimizer_steps)."""
         place, o = self.placement, self.config.optim
         parts = batch.split(max(1, o.updates_per_step))
         counts = torch.tensor([float(p.local_valid) for p in parts] + [failures])
         counts = all_reduce_sum(counts.to(self.device), place).cpu().tolist()            # [parts + 1]
         totals: dict[str, torch.Tensor] = {}
-        grad_norms = []
+        grad_norms, filtered_steps = [], 0
         self.policy.transformer.train()
         for part, global_valid in zip(parts, counts[:-1]):
             self.optimizer.zero_grad(set_to_none=True)
             if global_valid == 0:
+                if o.step_when_filtered:                    # zero gradients, not None: AdamW skips None grads
+                    for p in self.params:
+                        p.grad = torch.zeros_like(p)
+                    self.optimizer.step()
+                    filtered_steps += 1
                 continue
             part.global_valid = global_valid
             stats = self.algorithm.backward(self.policy, part, grad_scale=place.policy_world if self.fsdp else 1.0)
@@ -311,7 +322,7 @@ class Trainer:
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
         self.policy.transformer.eval()
-        metrics = {"parse_failures": counts[-1], "optimizer_steps": len(grad_norms),
+        metrics = {"parse_failures": counts[-1], "optimizer_steps": len(grad_norms), "filtered_steps": filtered_steps,
                    "grad_norm": torch.stack(grad_norms).max().item() if grad_norms else 0.0}
         if totals:                                          # one transfer for the loss statistics
             names = list(totals)
@@ -327,9 +338,10 @@ class Trainer:
         self.algorithm.after_step(self.policy, self.step)
         o = self.config.optim
         if self.ema is not None and (self.step + 1) % o.ema_every == 0:
+            decay = o.ema_decay_at(self.step + 1)                 # optim.ema_schedule; steps done, this one included
             with torch.no_grad():
                 for e, p in zip(self.ema, self.params):
-                    e.mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
+                    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
     def _record(self, metrics: dict, pending: Pending) -> None:
         self.history.append({"step": self.step, **metrics})       # steps count from 0

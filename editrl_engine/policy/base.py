@@ -82,8 +82,8 @@ class EditPolicy(abc.ABC):
     # ---- LoRA ----------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def add_lora(self, rank: int = 32, alpha: float = 64.0, target_modules: Sequence[str] | None = None,
-                 adapter: str = "default") -> None:
-        """Attach a trainable LoRA adapter (peft) to the transformer."""
+                 adapter: str = "default", init: str = "default") -> None:
+        """Attach a trainable LoRA adapter (peft) to the transformer; init "gaussian" draws A from peft's Gaussian."""
 
     @abc.abstractmethod
     def lora_parameters(self, adapter: str = "default") -> list[torch.nn.Parameter]:

@@ -24,23 +24,29 @@ import torch
 # text streams (and, for Kontext, the feed-forward layers, as Flow-GRPO's Kontext run does).
 _ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
               "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+ATTENTION_TARGETS = _ATTENTION                                 # attention projections only (UniWorld-V2's Kontext)
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "flux-kontext": _ATTENTION + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
     "qwen-image-edit": _ATTENTION,
 }
 NFT_DECAY_SCHEDULES = ("default", "delayed")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_INITS = {"default": True, "gaussian": "gaussian"}        # name -> peft's init_lora_weights (B = 0 in both)
 
 
 def add_adapter(transformer: torch.nn.Module, family: str, rank: int = 32, alpha: float = 64.0,
-                target_modules: Sequence[str] | None = None, adapter: str = "default") -> None:
-    """Attach a trainable LoRA adapter (B = 0, so the model is unchanged until trained) and make it active."""
+                target_modules: Sequence[str] | None = None, adapter: str = "default", init: str = "default") -> None:
+    """Attach a trainable LoRA adapter (B = 0, so the model is unchanged until trained) and make it active.
+    init: A's initialisation, "default" (peft's Kaiming-uniform) or "gaussian" (normal, std 1 / rank)."""
+    if init not in LORA_INITS:
+        raise ValueError(f"LoRA init {init!r}: choose one of {list(LORA_INITS)}")
     from peft import LoraConfig
     if target_modules is None:
         if family not in DEFAULT_TARGETS:
             raise ValueError(f"no default LoRA targets for family {family!r}; pass target_modules")
         target_modules = DEFAULT_TARGETS[family]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                        init_lora_weights=LORA_INITS[init])
     transformer.add_adapter(config, adapter_name=adapter)       # diffusers' PeftAdapterMixin; activates it
     for parameter in adapter_parameters(transformer, adapter):
         parameter.requires_grad_(True)
@@ -177,8 +183,8 @@ class LoraMixin:
     lora_pipeline_class: type
 
     def add_lora(self, rank: int = 32, alpha: float = 64.0, target_modules: Sequence[str] | None = None,
-                 adapter: str = "default") -> None:
-        add_adapter(self.transformer, self.family, rank, alpha, target_modules, adapter)
+                 adapter: str = "default", init: str = "default") -> None:
+        add_adapter(self.transformer, self.family, rank, alpha, target_modules, adapter, init)
 
     def lora_parameters(self, adapter: str = "default") -> list[torch.nn.Parameter]:
         return adapter_parameters(self.transformer, adapter)
@@ -190,6 +196,6 @@ class LoraMixin:
         return use_adapter(self.transformer, adapter)
 
 
-__all__ = ["DEFAULT_TARGETS", "LORA_WEIGHT_NAME", "LoraMixin", "NFT_DECAY_SCHEDULES", "adapter_names",
-           "adapter_parameters", "adapter_state_dict", "add_adapter", "copy_adapter", "nft_decay", "save_adapter",
-           "soft_update", "use_adapter"]
+__all__ = ["ATTENTION_TARGETS", "DEFAULT_TARGETS", "LORA_INITS", "LORA_WEIGHT_NAME", "LoraMixin", "NFT_DECAY_SCHEDULES",
+           "adapter_names", "adapter_parameters", "adapter_state_dict", "add_adapter", "copy_adapter", "nft_decay",
+           "save_adapter", "soft_update", "use_adapter"]

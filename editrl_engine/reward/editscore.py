@@ -2,7 +2,13 @@
 
 Per sample and pass: SC call on [source, edited] -> (prompt following, consistency); PQ call on [edited] ->
 (naturalness, artifacts); scores on 0..R (R = 25 for EditScore checkpoints, 10 for VIEScore prompts).
-SC = min, PQ = min, rescaled to 0-10; O = sqrt(SC * PQ); reward = mean of O over the passes that parsed / 10.
+SC = min, PQ = min, rescaled to 0-10; O = sqrt(SC * PQ); reward = mean of O over the passes that parsed / 10
+(reduction="mean_overall"), or sqrt(mean SC * mean PQ) / 10 over those passes ("average_first", the publisher's
+option). pq_images="edited" (default: VIEScore's and the publisher's single-call protocol, the one their
+benchmark figures use) shows PQ the edited image; "both" shows [source, edited], as the publisher's RL reward does.
+templates: "auto" (default) gives an EditScore checkpoint (a LoRA given to load(), or checkpoint=True) the
+publisher's exact templates when their `editscore` package is installed (editscore_published.py), "editscore"
+requires them, "project" or no package: the project's prompts (editscore_prompts.py); metadata()["prompts"].
 Avg@K: K sampled passes (temperature 0.7, top-p 0.9, top-k 20), pass i seeded with base_seed + i, so a pass is
 reproducible; greedy=True gives one deterministic pass. A pass whose answers cannot be parsed (or lie out of
 range) is left out of the mean and counted; a sample none of whose passes parsed is NaN and a failure.
@@ -32,6 +38,8 @@ from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, p
 SCALES = {"editscore": EDITSCORE_MAX, "viescore": VIESCORE_MAX}
 SCORES_PER_CALL = 2                                          # SC: (following, consistency); PQ: (natural, artifacts)
 BACKENDS = ("eager",)
+PQ_IMAGES = ("edited", "both")
+REDUCTIONS = ("mean_overall", "average_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +74,13 @@ class EditScoreReward(RewardModel):
     def __init__(self, vlm: VLM | None, *, scale: str = "editscore", passes: int = 1,
                  greedy: bool = False, base_seed: int = 42, max_new_tokens: int = 512, temperature: float = 0.7,
                  top_p: float = 0.9, top_k: int = 20, batch_size: int = 8, max_image_pixels: int = 512 * 512,
-                 generate_fn: GenerateFn | None = None):
+                 generate_fn: GenerateFn | None = None, templates: str = "auto", checkpoint: bool = False,
+                 pq_images: str = "edited", reduction: str = "mean_overall"):
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+        if pq_images not in PQ_IMAGES or reduction not in REDUCTIONS:
+            raise ValueError(f"pq_images must be one of {', '.join(PQ_IMAGES)} and reduction one of "
+                             f"{', '.join(REDUCTIONS)}; got pq_images={pq_images!r}, reduction={reduction!r}")
         if passes < 1 or (greedy and passes != 1):
             raise ValueError(f"passes must be >= 1, and 1 when greedy (greedy passes are identical); got "
                              f"passes={passes}, greedy={greedy}")
@@ -76,6 +88,9 @@ class EditScoreReward(RewardModel):
             raise ValueError("EditScoreReward needs a vlm or a generate_fn")
         self.vlm, self.scale, self.max_score = vlm, scale, SCALES[scale]
         self.passes, self.greedy, self.base_seed, self.batch_size = passes, greedy, base_seed, batch_size
+        self.templates, self.pq_images, self.reduction = templates, pq_images, reduction
+        family = vlm.model.config.model_type if vlm is not None else None
+        self.prompts = prompts.select(templates, checkpoint=checkpoint, family=family)
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
         self.scripted = generate_fn is not None                   # answers come from generate_fn, not the vlm
         self.generate_fn = generate_fn or self.generate
@@ -89,12 +104,17 @@ class EditScoreReward(RewardModel):
     def calls(self, sources: Sequence, instructions: Sequence[str], edited: Sequence) -> list[JudgeCall]:
         """[2N] calls: SC then PQ for each sample."""
         r = int(self.max_score)
-        out = []
+        out, p = [], self.prompts
         for i, (source, instruction, image) in enumerate(zip(sources, instructions, edited)):
             source, image = as_rgb_image(source), as_rgb_image(image)
-            out.append(JudgeCall(i, "sc", prompts.sc_prompt(instruction, r), (source, image)))
-            out.append(JudgeCall(i, "pq", prompts.pq_prompt(r), (image,)))
+            out.append(JudgeCall(i, "sc", p.sc_prefix(instruction) + p.sc_suffix(instruction, r), (source, image)))
+            out.append(self._pq_call(i, source, image))
         return out
+
+    def _pq_call(self, i: int, source, image) -> JudgeCall:
+        both = self.pq_images == "both"
+        return JudgeCall(i, "pq", self.prompts.pq_prompt(int(self.max_score), both),
+                         (source, image) if both else (image,))
 
     def decoding(self, pass_index: int) -> Decoding:
         if self.greedy:
@@ -113,26 +133,28 @@ class EditScoreReward(RewardModel):
     def score_groups(self, sources: Sequence, instructions: Sequence[str], candidates: Sequence[Sequence],
                      avg_k: int | None = None, *, rows: Sequence | None = None) -> RewardBatch:
         """Group scoring: candidates[g] are the edits of (sources[g], instructions[g]). The SC prompt is built as
-        its shared prefix (system, instruction, source image) + the candidate's suffix; with the VLM the prefix is
-        prefilled once per group and its KV cache reused for every candidate and pass (group_generation.py), the
-        PQ calls (nothing shared but the system text) run batched as in score(). One RewardBatch over all
+        its shared prefix (project prompts: system, instruction, source image; the publisher's: system, source
+        image) + the candidate's suffix (edited image, questions; the publisher's: the instruction last); with the
+        VLM the prefix is prefilled once per group and its KV cache reused for every candidate and pass
+        (group_generation.py), the PQ calls run batched as in score(). One RewardBatch over all
         candidates, group-major; greedy, it equals score() on the flattened triples (sampled passes are seeded and
         reproducible, but draw differently). A generate_fn judge has no cache to share: it gets the same
         prefix + suffix prompts as whole calls, SC and PQ of every candidate in one call per pass."""
         sizes = check_groups(sources, instructions, candidates)
         decodings = [self.decoding(p) for p in range(self._num_passes(avg_k))]
         r = int(self.max_score)
-        prefixes = [prompts.sc_prefix(i) for i in instructions]
-        suffix = prompts.sc_suffix(r)
+        prefixes = [self.prompts.sc_prefix(i) for i in instructions]
+        suffixes = [self.prompts.sc_suffix(i, r) for i in instructions]                   # per group
         flat_edited = [as_rgb_image(image) for group in candidates for image in group]
-        pq_calls = [JudgeCall(i, "pq", prompts.pq_prompt(r), (image,)) for i, image in enumerate(flat_edited)]
+        flat_sources = per_candidate([as_rgb_image(s) for s in sources], sizes)
+        pq_calls = [self._pq_call(i, s, image) for i, (s, image) in enumerate(zip(flat_sources, flat_edited))]
         if not self.shares_prefix:                               # whole calls: SC, PQ of each candidate, as score()
-            sources = [as_rgb_image(s) for s in sources]
-            sc_calls = [JudgeCall(i, "sc", prefix + suffix, (source, image)) for i, (prefix, source, image)
-                        in enumerate(zip(per_candidate(prefixes, sizes), per_candidate(sources, sizes), flat_edited))]
+            sc_calls = [JudgeCall(i, "sc", prefix + suffix, (source, image)) for i, (prefix, suffix, source, image)
+                        in enumerate(zip(per_candidate(prefixes, sizes), per_candidate(suffixes, sizes),
+                                         flat_sources, flat_edited))]
             calls = [call for pair in zip(sc_calls, pq_calls) for call in pair]
             return self._aggregate(len(flat_edited), [self._generate_all(calls, d) for d in decodings])
-        sc = group_generation.answers(self.vlm, self.image_size, self.batch_size, prefixes, list(sources), suffix,
+        sc = group_generation.answers(self.vlm, self.image_size, self.batch_size, prefixes, list(sources), suffixes,
                                       [list(g) for g in candidates], decodings)           # [K][N]
         pq = [self._generate_all(pq_calls, d) for d in decodings]                          # [K][N]
         answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(len(decodings))]  # [K][2N]
@@ -165,13 +187,22 @@ class EditScoreReward(RewardModel):
         sc, pq, overall, _ = combine_sc_pq(raw[:, :, 0].reshape(-1, SCORES_PER_CALL),
                                            raw[:, :, 1].reshape(-1, SCORES_PER_CALL), self.max_score)
         sc, pq, overall = (t.view(num_passes, n) for t in (sc, pq, overall))  # [K, N] on 0-10, NaN if unparsed
-        reward = (overall.nanmean(dim=0) / 10).float()                          # [N], NaN when no pass parsed
+        reduced = self._reduce(sc, pq, overall)                                # [N] on 0-10, NaN when no pass parsed
+        reward = (reduced / 10).float()
         per_ten = rescale_to_ten(raw, self.max_score)                           # [K, N, call, score] on 0-10
-        details = [self._details(i, answers, parsed, per_ten, sc, pq, overall) for i in range(n)]
+        details = [self._details(i, answers, parsed, per_ten, sc, pq, overall, reduced) for i in range(n)]
         return RewardBatch(reward=reward, details=details, failures=int(reward.isnan().sum()))
 
+    def _reduce(self, sc: torch.Tensor, pq: torch.Tensor, overall: torch.Tensor) -> torch.Tensor:
+        """[K, N] per-pass SC, PQ, O -> [N] on 0-10, over the passes whose two calls parsed."""
+        if self.reduction == "mean_overall":
+            return overall.nanmean(dim=0)
+        parsed = ~overall.isnan()                                               # [K, N]
+        nan = torch.full_like(sc, math.nan)
+        return (torch.where(parsed, sc, nan).nanmean(dim=0) * torch.where(parsed, pq, nan).nanmean(dim=0)).sqrt()
+
     def _details(self, i: int, answers, parsed: list[list[ParsedScores]], per_ten: torch.Tensor,
-                 sc: torch.Tensor, pq: torch.Tensor, overall: torch.Tensor) -> dict:
+                 sc: torch.Tensor, pq: torch.Tensor, overall: torch.Tensor, reduced: torch.Tensor) -> dict:
         """Means over parsed passes on 0-10 (each sub-score over the passes whose call parsed), and every pass."""
         def mean(values: torch.Tensor) -> float:
             return float(values.nanmean()) if not values.isnan().all() else math.nan
@@ -183,7 +214,7 @@ class EditScoreReward(RewardModel):
                            "sc_text": answers[p][2 * i], "pq_text": answers[p][2 * i + 1],
                            "sc_error": sc_answer.error, "pq_error": pq_answer.error})
         failed = sum(math.isnan(entry["overall"]) for entry in passes)
-        detail = {"overall": mean(overall[:, i]), "sc": mean(sc[:, i]), "pq": mean(pq[:, i]),
+        detail = {"overall": float(reduced[i]), "sc": mean(sc[:, i]), "pq": mean(pq[:, i]),
                   "prompt_following": mean(per_ten[:, i, 0, 0]), "consistency": mean(per_ten[:, i, 0, 1]),
                   "naturalness": mean(per_ten[:, i, 1, 0]), "artifacts": mean(per_ten[:, i, 1, 1]),
                   "failed_passes": failed, "passes": passes}
@@ -219,7 +250,8 @@ class EditScoreReward(RewardModel):
     def metadata(self) -> dict:
         return {"kind": self.kind, "origin": self.vlm.origin if self.vlm is not None else "generate_fn",
                 "scale": self.scale, "passes": self.passes, "greedy": self.greedy, "base_seed": self.base_seed,
-                **self.sampling}
+                "prompts": self.prompts.source, "templates": self.templates, "pq_images": self.pq_images,
+                "reduction": self.reduction, **self.sampling}
 
 
 def merge_lora(model: torch.nn.Module, adapter: str | os.PathLike) -> torch.nn.Module:
@@ -237,12 +269,16 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
          seed: int = 0, family: str | None = None, **options) -> EditScoreReward:
     """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a
     preset ("tiny", random weights from `seed`), with an optional LoRA adapter folder `lora` merged in.
-    options: EditScoreReward's (scale, passes, greedy, base_seed, ...)."""
+    options: EditScoreReward's (scale, passes, greedy, base_seed, templates, pq_images, reduction, ...); a `lora`
+    marks the judge as an EditScore checkpoint (templates="auto" then picks the publisher's templates)."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"editscore backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")
-    vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family,
-                          templates=prompts.vocabulary_texts(), seed=seed)
+    options.setdefault("checkpoint", lora is not None)
+    chosen = prompts.select(options.get("templates", "auto"), checkpoint=options["checkpoint"])
+    vocabulary = prompts.vocabulary_texts(None if isinstance(chosen, prompts.ProjectPrompts) else chosen)
+    vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family, templates=vocabulary,
+                   seed=seed)
     if lora is not None:
         vlm = dataclasses.replace(vlm, model=merge_lora(vlm.model, lora), origin=f"{vlm.origin}+lora:{lora}")
     return EditScoreReward(vlm, **options)

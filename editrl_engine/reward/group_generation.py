@@ -62,10 +62,11 @@ class Continuation:
 
 
 def answers(vlm, image_size: dict, batch_size: int, prefix_texts: Sequence[str], sources: Sequence,
-            suffix_text: str, candidates: Sequence[Sequence], decodings: Sequence) -> list[list[str]]:
+            suffix_text: str | Sequence[str], candidates: Sequence[Sequence], decodings: Sequence) -> list[list[str]]:
     """[K][N] answer texts (K = len(decodings), N = all candidates, group-major). Group g's prompt is
-    prefix_texts[g] (its one image slot takes sources[g]) + suffix_text (its one image slot takes the candidate).
-    A decoding has `seed` (None: no reseeding, e.g. greedy) and `generate_kwargs()`."""
+    prefix_texts[g] (its one image slot takes sources[g]) + suffix_text, or suffix_text[g] when it is a sequence
+    (its one image slot takes the candidate). A decoding has `seed` (None: no reseeding) and `generate_kwargs()`."""
+    suffixes = [suffix_text] * len(candidates) if isinstance(suffix_text, str) else list(suffix_text)   # [groups]
     model, processor = vlm.model, vlm.processor
     devices = [model.device] if model.device.type == "cuda" else []
     texts = [[] for _ in decodings]
@@ -85,7 +86,7 @@ def answers(vlm, image_size: dict, batch_size: int, prefix_texts: Sequence[str],
             edited = [as_rgb_image(image) for group in candidates[groups] for image in group]
             for first in range(0, len(edited), batch_size):
                 part = slice(first, first + batch_size)
-                suffix = processor(text=[suffix_text] * len(edited[part]), images=edited[part], padding=True,
+                suffix = processor(text=[suffixes[start + g] for g in rows[part]], images=edited[part], padding=True,
                                    size=image_size, return_tensors="pt")                   # [n, S], left-padded
                 continuation = Continuation(model, prefix, prefix_inputs, torch.tensor(rows[part]), suffix)
                 for p, decoding in enumerate(decodings):

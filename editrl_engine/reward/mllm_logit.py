@@ -1,10 +1,12 @@
 """The training-free logit reward of UniWorld-V2: a VLM rates an edit 0-5 in one forward, no generation.
 
 The prompt shows the source image, the instruction (and an optional task requirement), then the edited image,
-and asks for a 0-5 rating answered with the number only. At the answer position (the next token after the
-assistant prefix) the logits of the tokens "0".."5" are softmaxed: p [6], reward = sum_k k * p_k / 5 in [0, 1].
-The shared part of a group (instruction, source) comes first in the prompt: score_groups() prefills it once per
-group and reuses its KV cache for every candidate (prefix_cache.py).
+and asks for a 0-5 rating answered with the number only (layout "interleaved"; "uniworld" or a template file put
+both images first: mllm_prompts.py; jpeg_quality > 0 round-trips every image through JPEG first, as UniWorld-V2).
+At the answer position (the next token after the assistant prefix) the logits of the tokens "0".."5" are
+softmaxed in float64: p [6], reward = sum_k k * p_k / 5 in [0, 1].
+The shared part of a group (interleaved: source and instruction; images first: the source) comes first in the
+prompt: score_groups() prefills it once per group and reuses its KV cache for every candidate (prefix_cache.py).
 Samples are scored in batches, left-padded with an attention mask, so the answer position is the last one;
 images are resized so their visual tokens stay at most those of a max_image_pixels image (512² by default).
 score() runs the decoder through a scoring backend (backends.py: eager, compiled, onnx, tensorrt); the vision
@@ -23,31 +25,22 @@ from editrl_engine.vlm.images import as_rgb_image
 
 from . import backends, prefix_cache
 from .base import RewardBatch, RewardModel, check_groups, check_triples, rows_field
+from .mllm_prompts import (  # noqa: F401  (the interleaved layout's names, kept importable from here)
+    IMAGE,
+    PREFIX_TEMPLATE,
+    PROMPT_TEMPLATE,
+    REQUIREMENT_LINE,
+    SUFFIX,
+    build_prefix,
+    build_prompt,
+    check_jpeg_quality,
+    jpeg_round_trip,
+    load_layout,
+)
 
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-PREFIX_TEMPLATE = (                                      # slots: instruction, requirement line
-    "<|im_start|>system\nYou are a careful judge of image edits.<|im_end|>\n<|im_start|>user\n"
-    f"This is the original image: {IMAGE}\nThe editing instruction is: {{}}\n{{}}"
-)
-SUFFIX = (                                               # the part that differs between a group's candidates
-    f"This is the edited image: {IMAGE}\nRate the edit from 0 to 5. 0 means the wrong object was changed or the "
-    "requirement is not met; 5 means the right object was changed, the requirement is met and the image quality "
-    "is high. Answer with the number only.<|im_end|>\n<|im_start|>assistant\n"
-)
-PROMPT_TEMPLATE = PREFIX_TEMPLATE + SUFFIX
-REQUIREMENT_LINE = "Task requirement: {}\n"
 RATINGS = tuple(range(6))                                # the answers "0".."5"
 MAX_RATING = RATINGS[-1]
 BACKENDS = backends.SCORING_BACKENDS
-
-
-def build_prefix(instruction: str, requirement: str | None = None) -> str:
-    """The part of the prompt a group's candidates share: system, source image, instruction, requirement."""
-    return PREFIX_TEMPLATE.format(instruction, REQUIREMENT_LINE.format(requirement) if requirement else "")
-
-
-def build_prompt(instruction: str, requirement: str | None = None) -> str:
-    return build_prefix(instruction, requirement) + SUFFIX
 
 
 def digit_token_ids(tokenizer) -> list[int]:
@@ -69,9 +62,13 @@ class MllmLogitReward(RewardModel):
     shares_prefix = True
 
     def __init__(self, vlm: VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
-                 batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None):
-        """backend_options go to backends.make_scorer (max_batch defaults to batch_size)."""
+                 batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None,
+                 layout: str = "interleaved", jpeg_quality: int = 0):
+        """backend_options go to backends.make_scorer (max_batch defaults to batch_size). layout: interleaved,
+        uniworld or a template file's path (mllm_prompts.py); jpeg_quality: 0 = off, else every image is saved
+        as JPEG at that quality and decoded before scoring (UniWorld-V2: 75)."""
         self.vlm, self.requirement, self.batch_size = vlm, requirement, batch_size
+        self.layout, self.jpeg_quality = load_layout(layout), check_jpeg_quality(jpeg_quality)
         self.digit_ids = digit_token_ids(vlm.tokenizer)
         self.backend = backend
         self.scorer = None if backend == "eager" else backends.make_scorer(
@@ -81,11 +78,16 @@ class MllmLogitReward(RewardModel):
         self.image_size = {"shortest_edge": min(size["shortest_edge"], max_image_pixels),
                            "longest_edge": min(size["longest_edge"], max_image_pixels)}
 
+    def image(self, image):
+        """An input image as the judge sees it: RGB, JPEG round-tripped when jpeg_quality > 0."""
+        image = as_rgb_image(image)
+        return jpeg_round_trip(image, self.jpeg_quality) if self.jpeg_quality else image
+
     def inputs(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
                requirements: Sequence[str | None]) -> dict[str, torch.Tensor]:
         """Processor outputs of one batch: input_ids / attention_mask [B, S] (left-padded), pixel_values, grids."""
-        images = [as_rgb_image(image) for pair in zip(sources, edited) for image in pair]     # source_i, edited_i
-        texts = [build_prompt(i, r) for i, r in zip(instructions, requirements)]
+        images = [self.image(image) for pair in zip(sources, edited) for image in pair]       # source_i, edited_i
+        texts = [self.layout.prompt(i, r) for i, r in zip(instructions, requirements)]
         return self.vlm.processor(text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt")
 
     @torch.no_grad()
@@ -139,15 +141,17 @@ class MllmLogitReward(RewardModel):
         chunks = []
         for start in range(0, len(candidates), self.batch_size):
             groups = slice(start, start + self.batch_size)
-            texts = [build_prefix(i, r) for i, r in zip(instructions[groups], requirements[groups])]
-            images = [as_rgb_image(image) for image in sources[groups]]
+            texts = [self.layout.prefix(i, r) for i, r in zip(instructions[groups], requirements[groups])]
+            images = [self.image(image) for image in sources[groups]]
             prefix = prefix_cache.prefill(self.vlm.model, self.vlm.processor(
                 text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt"))
             rows = [g for g, group in enumerate(candidates[groups]) for _ in group]           # prefix row per candidate
-            edited = [as_rgb_image(image) for group in candidates[groups] for image in group]
+            edited = [self.image(image) for group in candidates[groups] for image in group]
+            texts = [self.layout.suffix(i, r) for i, r, group in
+                     zip(instructions[groups], requirements[groups], candidates[groups]) for _ in group]
             for first in range(0, len(edited), self.batch_size):
                 part = slice(first, first + self.batch_size)
-                suffixes = self.vlm.processor(text=[SUFFIX] * len(edited[part]), images=edited[part], padding=True,
+                suffixes = self.vlm.processor(text=texts[part], images=edited[part], padding=True,
                                               size=self.image_size, return_tensors="pt")
                 logits = prefix_cache.suffix_logits(self.vlm.model, prefix, torch.tensor(rows[part]), suffixes)
                 chunks.append(torch.softmax(logits[:, self.digit_ids].double(), dim=-1).cpu())  # [B, 6]
@@ -167,7 +171,7 @@ class MllmLogitReward(RewardModel):
 
     def metadata(self) -> dict:
         return {"kind": self.kind, "origin": self.vlm.origin, "requirement": self.requirement, "backend": self.backend,
-                "image_size": dict(self.image_size)}
+                "image_size": dict(self.image_size), "layout": self.layout.name, "jpeg_quality": self.jpeg_quality}
 
 
 def rewards(probabilities: torch.Tensor) -> RewardBatch:
@@ -188,7 +192,7 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, devic
     preset ("tiny": random weights, tokenizer learnt on the prompt).
 
     backend: one of BACKENDS (backends.py); one that cannot run here raises BackendUnavailable saying why.
-    options: requirement, max_image_pixels, batch_size, backend_options (MllmLogitReward)."""
+    options: requirement, max_image_pixels, batch_size, backend_options, layout, jpeg_quality (MllmLogitReward)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown mllm_logit backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "tensorrt":

@@ -2,9 +2,11 @@
 
 The judge is asked for JSON with the reasoning first and the scores last: {"reasoning": "...", "score": [a, b]}.
 `parse_judge_scores` survives what judges actually write around that: ``` fences, stray text before and after,
-smart quotes, single quotes, trailing commas, numeric strings, and an answer cut off after its score list was
-complete. It never guesses: an answer it cannot read, a wrong number of scores, a non-numeric or out-of-range
-score gives `scores=None` and the reason in `error` (the caller turns that into NaN and counts a failure).
+smart quotes, single quotes, unquoted keys, trailing commas, numeric strings, an answer cut off after its score
+list was complete, a score list with no object around it (`score: [20, 18]`, quoted or not), and a bare list that
+is the answer's only bracketed list (`[20, 15]`). It never guesses: an answer it cannot read, two different score
+lists, several bracketed lists and no score key, a wrong number of scores, a non-numeric or out-of-range score give
+`scores=None` and the reason in `error` (the caller turns that into NaN and counts a failure).
 
 Scales: EditScore checkpoints answer on 0-25 (`EDITSCORE_MAX`), VIEScore prompts on 0-10 (`VIESCORE_MAX`).
 Combination: SC = min(SC scores), PQ = min(PQ scores), both rescaled to 0-10; O = sqrt(SC * PQ); reward = O / 10.
@@ -35,7 +37,9 @@ _COMPLETE_SCORE = re.compile(r"""["']?scores?["']?\s*:\s*(?:\[[^\[\]]*\]|["']?[-
 _DANGLING_KEY = re.compile(r"""[,{]\s*["'][^"'\[\]{}]*["']\s*:?\s*$""")
 _JSON_WORDS = re.compile(r"\b(?:true|false|null)\b")
 _PYTHON_WORDS = {"true": "True", "false": "False", "null": "None"}
-_BARE_SCORE_LIST = re.compile(r"""["']scores?["']\s*:\s*(\[[^\[\]]*\])""", re.IGNORECASE)
+_KEYED_SCORE_LIST = re.compile(r"""(?<![\w])["']?scores?["']?\s*[:=]\s*(\[[^\[\]]*\])""", re.IGNORECASE)
+_BRACKETED = re.compile(r"\[[^\[\]]*\]")
+_BARE_KEY = re.compile(r"\s*([A-Za-z_]\w*)\s*:")                 # an identifier used as a key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,30 +60,63 @@ def parse_judge_scores(text: object, *, count: int, max_score: float) -> ParsedS
     if not isinstance(text, str) or not text.strip():
         return ParsedScores(None, error="empty answer")
     text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
-    found, truncated_answer = find_json_object(text, lambda obj: _score_key(obj) is not None)
-    if found is None:
-        bare = _BARE_SCORE_LIST.search(text)                    # a score list outside any readable object
-        if bare is None:
-            return ParsedScores(None, error="no JSON object with a score list in the answer")
-        found = {"score": _load_loose(bare.group(1))}
-        if found["score"] is None:
-            return ParsedScores(None, error=f"unreadable score list {bare.group(1)!r}")
-    if truncated_answer and not _COMPLETE_SCORE.search(text):
-        return ParsedScores(None, error="answer cut off before its score list was complete")
+    objects = list(find_json_objects(text, lambda obj: _score_key(obj) is not None))
+    keyed = _KEYED_SCORE_LIST.findall(text)                        # `score: [..]` anywhere, in objects or not
+    readable = [value for value in map(_load_loose, keyed) if value is not None]
+    values = {_signature(value) for value in [_score_value(obj) for obj, _ in objects] + readable}
+    if len(values) > 1:
+        return ParsedScores(None, error=f"ambiguous: several different score lists in the answer {sorted(values)}")
+    if objects:
+        found, truncated_answer = objects[0]
+        if truncated_answer and not _COMPLETE_SCORE.search(text):
+            return ParsedScores(None, error="answer cut off before its score list was complete")
+    elif readable:
+        found = {"score": readable[0]}                             # a score list outside any readable object
+    elif keyed:
+        return ParsedScores(None, error=f"unreadable score list {keyed[0]!r}")
+    else:
+        found, error = _bare_list(text)
+        if found is None:
+            return ParsedScores(None, error=error)
     reasoning = found.get("reasoning")
     reasoning = reasoning if isinstance(reasoning, str) else None
     scores, error = _validate(_score_value(found), count, max_score)
     return ParsedScores(scores, reasoning, error)
 
 
+def _signature(value) -> tuple:
+    """What two score values are compared by: their numbers ("9" and 9 agree), else their text."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    numbers = tuple(_as_number(item) for item in items)
+    return numbers if None not in numbers else (repr(value),)
+
+
+def _bare_list(text: str) -> tuple[dict | None, str | None]:
+    """An answer without a score key: its one bracketed list, when it has exactly one and no readable object."""
+    lists = {chunk.strip() for chunk in _BRACKETED.findall(text)}
+    if not lists or find_json_object(text, lambda obj: True)[0] is not None:
+        return None, "no JSON object with a score list in the answer"
+    if len(lists) > 1:
+        return None, f"ambiguous: several bracketed lists and no score key in the answer {sorted(lists)}"
+    chunk = lists.pop()
+    value = _load_loose(chunk)
+    return ({"score": value}, None) if value is not None else (None, f"unreadable score list {chunk!r}")
+
+
 # ---- finding the object --------------------------------------------------------------------------------------
 def find_json_object(text: object, accept) -> tuple[dict | None, bool]:
     """The first JSON-like object in an answer (inside ``` fences first, then anywhere) for which `accept(obj)`
-    holds, read with the repairs below (smart and single quotes, trailing commas, a cut-off end closed), and
-    whether it had to be closed (the answer was cut off); (None, False) when there is none. The one scanner of
-    judge answers: the score parser above and the verifier's principles / verdicts (verifier_prompts.py)."""
+    holds, read with the repairs below (smart and single quotes, unquoted keys, trailing commas, a cut-off end
+    closed), and whether it had to be closed (the answer was cut off); (None, False) when there is none. The one
+    scanner of judge answers: the score parser above and the verifier's principles / verdicts (verifier_prompts.py)."""
+    return next(find_json_objects(text, accept), (None, False))
+
+
+def find_json_objects(text: object, accept):
+    """Yield (object, cut off) for every accepted object, in find_json_object's order (fenced ones come again in
+    the whole text)."""
     if not isinstance(text, str) or not text.strip():
-        return None, False
+        return
     text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)
     fenced = _FENCE.search(text)
     for candidate in [fenced.group(1), text] if fenced else [text]:
@@ -87,8 +124,8 @@ def find_json_object(text: object, accept) -> tuple[dict | None, bool]:
             for attempt in [chunk] if closed else _close_truncated(chunk):
                 loaded = _load_loose(attempt)
                 if isinstance(loaded, dict) and accept(loaded):
-                    return loaded, not closed
-    return None, False
+                    yield loaded, not closed
+                    break
 
 
 def _top_level_objects(text: str):
@@ -145,8 +182,9 @@ def _close_truncated(chunk: str) -> list[str]:
             for text in (closed_string, without_dangling_key)]
 
 
-def _load_loose(chunk: str):
-    """JSON, else a Python literal (single quotes, trailing commas); None when neither reads it."""
+def _load_loose(chunk: str, quote_keys: bool = True):
+    """JSON, else a Python literal (single quotes, trailing commas), else either with its bare keys quoted
+    ({score: [1, 2]}); None when none reads it."""
     for attempt in (chunk, _TRAILING_COMMA.sub(r"\1", chunk)):
         try:
             return json.loads(attempt)
@@ -155,7 +193,27 @@ def _load_loose(chunk: str):
     try:
         return ast.literal_eval(_JSON_WORDS.sub(lambda m: _PYTHON_WORDS[m.group(0)], chunk))
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+        pass
+    quoted = _quote_bare_keys(chunk) if quote_keys else chunk
+    return _load_loose(quoted, quote_keys=False) if quoted != chunk else None
+
+
+def _quote_bare_keys(chunk: str) -> str:
+    """Identifiers used as keys outside strings ({score: ..., reasoning: ...}) put in double quotes."""
+    out, quote, escaped, i = [], None, False, 0
+    while i < len(chunk):
+        ch = chunk[i]
+        if quote:
+            escaped, quote = (False, quote) if escaped else (ch == "\\", None if ch == quote else quote)
+        elif ch in "\"'" and not (ch == "'" and chunk[i - 1: i].isalpha()):
+            quote = ch
+        elif ch in "{," and (key := _BARE_KEY.match(chunk, i + 1)):
+            out.append(chunk[i: key.start(1)] + '"' + key.group(1) + '"')
+            i = key.end(1)
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 # ---- checking the scores -------------------------------------------------------------------------------------

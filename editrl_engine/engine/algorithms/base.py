@@ -37,6 +37,8 @@ class Algorithm(abc.ABC):
         self.config = config
         self.advantage: AdvantageConfig = config.algo.advantage
         self.backend = backend                # fused-op backend (None: the device's default)
+        # the rollouts' guidance, used by every forward of the loss too (None: the family's default)
+        self.guidance = config.sampling.guidance or None
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     def attach(self, policy: EditPolicy) -> None:

@@ -29,7 +29,7 @@ class GRPO(Algorithm):
             window = torch.Generator().manual_seed(sample_seed(self.config.run.seed, step, 0, stream=WINDOW_STREAM))
         out = grpo_rollout(policy, cond, num_steps=sampling.num_steps, seed=seeds, kind=s.kind,
                            noise_level=s.noise_level, window_size=s.window_size or None, window_generator=window,
-                           guidance=sampling.guidance or None)
+                           guidance=self.guidance)
         return out.x0, out
 
     def join_trajectories(self, chunks: list) -> GRPOTrajectory:
@@ -60,8 +60,8 @@ class GRPO(Algorithm):
                 v_ref = None
                 if s.kl_beta:
                     with torch.no_grad(), policy.use_adapter(None):
-                        v_ref = policy.velocity(x, t, cond)
-                v = policy.velocity(x, t, cond)                                          # [b, L, C], with grad
+                        v_ref = policy.velocity(x, t, cond, self.guidance)
+                v = policy.velocity(x, t, cond, self.guidance)                      # [b, L, C], with grad
                 logp, kl = ops.sde_logprob(x_next, x, v, sigma, sigma_next, noise_level=s.noise_level, kind=s.kind,
                                            v_ref=v_ref, backend=self.backend)
                 loss, stats = objective.loss(logp, data.logp.index_select(0, index)[:, k], batch.advantages[index], s,

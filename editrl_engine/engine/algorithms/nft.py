@@ -20,7 +20,8 @@ OLD = "old"
 
 class NFT(Algorithm):
     name = "nft"
-    default_staleness = 1                      # the old adapter samples: step k + 1 rolls out while step k trains
+    default_staleness = 1                      # the old adapter samples: step k + 1 rolls out while step k trains,
+                                               # from the old adapter before step k's update (0: DiffusionNFT's order)
     extra_adapters = (OLD,)
     settings: NFTConfig
 
@@ -42,10 +43,10 @@ class NFT(Algorithm):
         with policy.use_adapter(self.settings.sample_adapter):
             if sampling.solver == "dpm2":
                 x0 = nft_rollout(policy, cond, num_steps=sampling.num_steps, seed=seeds,
-                                 guidance=sampling.guidance or None).x0
+                                 guidance=self.guidance).x0
             else:
                 x0 = ode_sample(policy, cond, num_steps=sampling.num_steps, solver=sampling.solver, seed=seeds,
-                                guidance=sampling.guidance or None)
+                                guidance=self.guidance)
         return x0, None
 
     def timesteps(self, rollout, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,7 @@ class NFT(Algorithm):
             valid = batch.valid[index]                                                   # [b]
             for k in range(K):
                 at = slice(k * b, (k + 1) * b)
-                v = policy.velocity(x_t[at], t[at], cond)                                # [b, L, C], with grad
+                v = policy.velocity(x_t[at], t[at], cond, self.guidance)              # [b, L, C], with grad
                 out = objective.loss(v, v_old[at], x_t[at], x0, t[at], r[index], s,
                                      v_ref=None if v_ref is None else v_ref[at], valid=valid, backend=self.backend)
                 (out.loss * (n_valid / batch.global_valid / K * grad_scale)).backward()
@@ -96,11 +97,11 @@ class NFT(Algorithm):
     def _frozen_velocities(self, policy, x_t, t, cond):
         """The old adapter's velocities, and the base model's when the KL is on (else None)."""
         with policy.use_adapter(OLD):
-            v_old = policy.velocity(x_t, t, cond)                                        # [K * b, L, C]
+            v_old = policy.velocity(x_t, t, cond, self.guidance)                  # [K * b, L, C]
         if not self.settings.kl_beta:
             return v_old, None
         with policy.use_adapter(None):
-            return v_old, policy.velocity(x_t, t, cond)
+            return v_old, policy.velocity(x_t, t, cond, self.guidance)
 
     def after_step(self, policy, step: int) -> None:
         policy.update_old_adapter(nft_decay(step + 1, self.settings.decay_schedule))
