@@ -17,6 +17,7 @@ from .base import Condition, EditPolicy
 FAMILIES = {
     "flux-kontext": "editrl_engine.policy.flux_kontext",
     "qwen-image-edit": "editrl_engine.policy.qwen_image_edit",
+    "qwen-image-edit-plus": "editrl_engine.policy.qwen_image_edit_plus",           # 2509 / 2511, several references
 }
 
 

@@ -28,6 +28,7 @@ ATTENTION_TARGETS = _ATTENTION                                 # attention proje
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "flux-kontext": _ATTENTION + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
     "qwen-image-edit": _ATTENTION,
+    "qwen-image-edit-plus": _ATTENTION,                         # the same transformer as Qwen-Image-Edit
 }
 NFT_DECAY_SCHEDULES = ("default", "delayed")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
