@@ -64,6 +64,26 @@ def test_rerank_writes_best_sheet_and_json(tmp_path, source, capsys):
     assert "<- best" in capsys.readouterr().out
 
 
+def test_rerank_offers_every_policy_family():
+    from editrl_engine.cli_serve import FAMILIES
+    from editrl_engine.policy import FAMILIES as POLICY_FAMILIES
+    assert set(FAMILIES) == set(POLICY_FAMILIES)
+
+
+@pytest.mark.parametrize("family", ["qwen-image-edit", "qwen-image-edit-plus"])
+def test_rerank_works_with_each_family(tmp_path, source, family):
+    out = tmp_path / "out"
+    run("rerank", "--policy", "tiny", "--family", family, "--reward", "mllm_logit", "--reward-preset", "tiny",
+        "--n", "2", "--steps", "2", "--seed", "5", "--save-candidates", "--out", str(out), str(source), "make it red")
+    result = json.loads((out / "result.json").read_text())
+    candidates = [pixels(out / name) for name in result["files"]["candidates"]]
+    with Image.open(source) as image:
+        reference = tiny_judge().score([image.convert("RGB")] * 2, ["make it red"] * 2, candidates).reward
+    assert result["n"] == 2 and result["error"] is None
+    assert [c["reward"] for c in result["candidates"]] == pytest.approx(reference.tolist(), abs=1e-5)
+    assert torch.equal(pixels(out / "best.png"), candidates[int(reference.argmax())])
+
+
 def test_rerank_with_the_programmatic_reward_from_a_manifest(tmp_path):
     manifest = write_synthetic(tmp_path / "tasks", n=1, seed=2, size=32)
     row = read_manifest(manifest)[0]
