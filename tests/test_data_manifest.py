@@ -110,3 +110,42 @@ def test_file_digest_follows_changes_to_the_file(tmp_path):
     first = file_digest(path)
     path.write_bytes(b"second, longer")
     assert file_digest(path) != first
+
+
+# ---- several source images per row --------------------------------------------------------------------------
+def test_multi_source_row_round_trips_and_keys_on_every_source_in_order(tmp_path):
+    import hashlib
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"first image")
+    (tmp_path / "images" / "b.png").write_bytes(b"second image")
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"id": "m", "source": ["images/a.png", "images/b.png"],
+                                "instruction": "Put the cat from image 2 into image 1."}) + "\n"
+                    + json.dumps({"id": "s", "source": "images/a.png", "instruction": "Make it red."}) + "\n")
+    multi, single = read_manifest(path)
+    assert multi.source == (tmp_path / "images" / "a.png", tmp_path / "images" / "b.png")
+    assert multi.sources == multi.source and multi.multi_source
+    assert single.source == tmp_path / "images" / "a.png" and single.sources == (single.source,)
+    assert not single.multi_source
+
+    first = hashlib.sha256(b"first image").hexdigest()
+    second = hashlib.sha256(b"second image").hexdigest()
+    assert group_key(multi) == GroupKey("Put the cat from image 2 into image 1.", f"{first},{second}")
+    assert group_key(single) == GroupKey("Make it red.", first)        # one-image keys are unchanged
+    swapped = dataclasses.replace(multi, source=tuple(reversed(multi.source)))
+    assert group_key(swapped) == GroupKey(multi.instruction, f"{second},{first}")
+
+    again = write_manifest(tmp_path / "copy.jsonl", [multi, single])
+    assert json.loads(again.read_text().splitlines()[0])["source"] == ["images/a.png", "images/b.png"]
+    assert read_manifest(again) == [multi, single]
+
+
+@pytest.mark.parametrize("bad", [[], ["images/a.png", ""], ["images/a.png", 3]])
+def test_bad_source_list_names_row_and_field(tmp_path, bad):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"id": "m", "source": bad, "instruction": "Do it."}) + "\n")
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path)
+    assert caught.value.problems[0][:2] == (1, "source")
+    assert "list of non-empty strings" in caught.value.problems[0][2]
+    assert "line 1, field 'source'" in str(caught.value)

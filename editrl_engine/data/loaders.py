@@ -89,6 +89,10 @@ class EditLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.rows = read_manifest(source) if isinstance(source, (str, os.PathLike)) else list(source)
+        several = [row.id for row in self.rows if row.multi_source]
+        if several:
+            raise ValueError(f"the batched loader stacks one source image per row, but {len(several)} row(s) have "
+                             f"a list of sources, e.g. {several[0]!r}; use TaskSet.image for multi-source rows")
         if load_targets:
             without = [row.id for row in self.rows if row.target is None]
             if without:

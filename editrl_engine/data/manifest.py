@@ -1,6 +1,7 @@
 """Edit manifests: JSONL files with one editing task per line, and the group key of a task.
 
-A row holds `id`, `source` (image path), `instruction`, and optionally `task_type`, `requirement`,
+A row holds `id`, `source` (an image path, or a non-empty list of image paths for an edit of several
+source images), `instruction`, and optionally `task_type`, `requirement`,
 `principles` (list of strings), `target` (ground-truth image path) and `spec` (a JSON object: a structured
 task description, e.g. the synthetic generator's, that a programmatic reward can verify exactly). Paths in the
 file are relative to the manifest's folder (absolute paths are kept as they are). Reading validates every row
@@ -9,7 +10,8 @@ file in the same folder, then a rename).
 
 The group key of a task is (instruction, sha256 of the source image's bytes): two rows with the same
 instruction on the same image belong to one group, even when their files have different names, and equal
-instructions on different images do not.
+instructions on different images do not. A row with a list of sources keys on the sha256 of every source, in
+order, joined by commas (a one-image row's key is the plain digest, as always).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class EditRow:
     """One editing task. `source` and `target` are paths as the program sees them (already joined to the
     manifest's folder when read from a file)."""
     id: str
-    source: Path
+    source: Path | tuple[Path, ...]
     instruction: str
     task_type: str | None = None
     requirement: str | None = None
@@ -42,10 +44,20 @@ class EditRow:
     target: Path | None = None
     spec: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """The source image paths, in order (one for a single-source row)."""
+        return self.source if isinstance(self.source, tuple) else (self.source,)
+
+    @property
+    def multi_source(self) -> bool:
+        return isinstance(self.source, tuple)
+
     def to_json(self, folder: Path | None = None) -> dict[str, Any]:
         """The row as a JSON object; paths inside `folder` are written relative to it."""
-        out: dict[str, Any] = {"id": self.id, "source": _relative(self.source, folder),
-                               "instruction": self.instruction}
+        source: Any = ([_relative(p, folder) for p in self.source] if isinstance(self.source, tuple)
+                       else _relative(self.source, folder))
+        out: dict[str, Any] = {"id": self.id, "source": source, "instruction": self.instruction}
         if self.task_type is not None:
             out["task_type"] = self.task_type
         if self.requirement is not None:
@@ -85,6 +97,9 @@ def parse_row(obj: Any, folder: Path, line: int = 0) -> tuple[EditRow | None, li
         value = obj.get(field)
         if field not in obj:
             fail(field, "missing (required)")
+        elif field == "source" and isinstance(value, list):
+            if not value or not all(isinstance(p, str) and p.strip() for p in value):
+                fail(field, f"must be a non-empty string or a non-empty list of non-empty strings, got {value!r}")
         elif not isinstance(value, str) or not value.strip():
             fail(field, f"must be a non-empty string, got {value!r}")
     for field in sorted(set(obj) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)):
@@ -104,7 +119,9 @@ def parse_row(obj: Any, folder: Path, line: int = 0) -> tuple[EditRow | None, li
     if problems:
         return None, problems
     return EditRow(
-        id=obj["id"], source=_resolve(obj["source"], folder), instruction=obj["instruction"],
+        id=obj["id"], instruction=obj["instruction"],
+        source=(tuple(_resolve(p, folder) for p in obj["source"]) if isinstance(obj["source"], list)
+                else _resolve(obj["source"], folder)),
         task_type=obj.get("task_type"), requirement=obj.get("requirement"),
         principles=tuple(principles or ()),
         target=_resolve(obj["target"], folder) if obj.get("target") is not None else None,
@@ -198,8 +215,14 @@ def _cached_file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 def group_key(row: EditRow, source_sha256: str | None = None) -> GroupKey:
     """(instruction, sha256 of the source file's bytes). Pass `source_sha256` when it is already known (a
-    loader batch carries it) to avoid reading the file again."""
-    return GroupKey(row.instruction, source_sha256 or file_digest(row.source))
+    loader batch carries it) to avoid reading the file again. A multi-source row's digest is the sha256 of
+    every source file, in order, joined by commas."""
+    return GroupKey(row.instruction, source_sha256 or sources_digest([file_digest(p) for p in row.sources]))
+
+
+def sources_digest(digests: Sequence[str]) -> str:
+    """The group-key digest of a row's sources: the one digest itself, or several joined by commas."""
+    return ",".join(digests)
 
 
 # ---- paths ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .config import DataConfig
 class TaskSet:
     rows: list[EditRow]
     keys: list[GroupKey]
-    images: dict[GroupKey, torch.Tensor] = dataclasses.field(default_factory=dict)   # uint8 [3, H, W] each
+    images: dict[GroupKey, torch.Tensor | list[torch.Tensor]] = dataclasses.field(default_factory=dict)  # uint8 [3,H,W]
 
     @classmethod
     def synthetic(cls, tasks: Sequence[ShapeTask]) -> "TaskSet":
@@ -66,18 +66,24 @@ class TaskSet:
                 chosen.append(task)
         return cls.synthetic(chosen)
 
-    def image(self, key: GroupKey, row: EditRow | None = None) -> torch.Tensor:
-        """The source image of a group, uint8 [3, H, W] (decoded from its file on first use)."""
+    def image(self, key: GroupKey, row: EditRow | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The source image of a group, uint8 [3, H, W] (decoded from its file on first use); for a row with a
+        list of sources, a list of such images in order."""
         if key not in self.images:
             row = row or self.rows[self.keys.index(key)]
-            try:
-                with Image.open(row.source) as image:
-                    array = np.asarray(image.convert("RGB")).copy()
-            except (OSError, ValueError) as error:
-                raise InputError(f"task {row.id!r}: cannot read source image {row.source}: {error}; fix or remove "
-                                 "the row from the manifest") from None
-            self.images[key] = torch.from_numpy(array).permute(2, 0, 1)
+            images = [_decode(row, path) for path in row.sources]
+            self.images[key] = images if row.multi_source else images[0]
         return self.images[key]
+
+
+def _decode(row: EditRow, path: Path) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB")).copy()
+    except (OSError, ValueError) as error:
+        raise InputError(f"task {row.id!r}: cannot read source image {path}: {error}; fix or remove "
+                         "the row from the manifest") from None
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def _key(task: ShapeTask, image: torch.Tensor | None = None) -> GroupKey:

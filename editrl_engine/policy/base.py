@@ -45,7 +45,24 @@ class Condition:
         return dataclasses.replace(self, tensors={k: t.to(device) for k, t in self.tensors.items()})
 
 
+def single_sources(family: str, sources: Sequence) -> Sequence:
+    """`sources` for a family that edits one source image per sample: a one-element list / tuple stands for its
+    image; several raise a ValueError naming the family. Returns `sources` itself when no sample is a list."""
+    if not any(isinstance(source, (list, tuple)) for source in sources):
+        return sources
+    out = []
+    for index, source in enumerate(sources):
+        if isinstance(source, (list, tuple)):
+            if len(source) != 1:
+                raise ValueError(f"{family} takes one source image per sample, but sample {index} has "
+                                 f"{len(source)}; use qwen-image-edit-plus for edits of several source images")
+            source = source[0]
+        out.append(source)
+    return out
+
+
 class EditPolicy(abc.ABC):
+    multi_source: bool = False          # encode takes a list of source images per sample (qwen-image-edit-plus)
     """An instruction-guided image editor built on a flow-matching transformer."""
 
     family: str

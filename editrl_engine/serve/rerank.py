@@ -83,9 +83,18 @@ class RerankResult:
         }
 
 
-def _source_image(source) -> Image.Image | torch.Tensor:
-    """An image path -> its PIL RGB image; an image in any form vlm/images.py accepts (PIL, uint8 tensor [3, H, W],
+def _source_image(source) -> Image.Image | torch.Tensor | list:
+    """A list / tuple of sources -> a list of each one's image, in order. An image path -> its PIL RGB image;
+    an image in any form vlm/images.py accepts (PIL, uint8 tensor [3, H, W],
     uint8 NumPy array [H, W, 3]) -> checked, a tensor as it is, anything else as a PIL RGB image."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("rerank needs at least one source image, got an empty list")
+        return [_one_source(one) for one in source]             # a nested list is refused as an image form
+    return _one_source(source)
+
+
+def _one_source(source) -> Image.Image | torch.Tensor:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -112,7 +121,9 @@ def rerank(policy: EditPolicy, reward: RewardModel, source, instruction: str, n:
            batch_size: int | None = None) -> RerankResult:
     """Sample n edits of (source, instruction) with the policy, score them with the reward, pick the best.
 
-    source: a PIL image, a uint8 tensor [3, H, W], a uint8 NumPy array [H, W, 3] or an image path.
+    source: a PIL image, a uint8 tensor [3, H, W], a uint8 NumPy array [H, W, 3] or an image path; or a list of
+    them (several source images of one edit, for a policy that takes them: qwen-image-edit-plus), passed as a list
+    to policy.encode and reward.score_groups.
     Candidate i is drawn from seed + i.
     batch_size bounds the rows per transformer call while sampling (None: all n at once)."""
     if not isinstance(instruction, str) or not instruction.strip():

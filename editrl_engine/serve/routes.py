@@ -50,20 +50,26 @@ async def read_score_request(state: ServerState, request: Request) -> GroupReque
     body = await read_body(request, config.max_body_bytes)
     if media == "multipart/form-data":
         instruction, source, candidates = await read_form(request, body, config.max_candidates + 1)
+        sources, several = [(source, "source")], False
         decode = decode_image                  # (bytes, field name, pixel limit)
     else:
         parsed = parse_json(body, schemas.ScoreRequest)
-        instruction, source, candidates = parsed.instruction, parsed.source, parsed.candidates
+        instruction, sources, candidates = parsed.instruction, parsed.source_fields(), parsed.candidates
+        several = parsed.sources is not None                                # JSON `sources`: a list per request
         decode = image_from_base64             # (base64 text, field name, pixel limit)
     if len(candidates) > config.max_candidates:
         raise ApiError(400, f"candidates: {len(candidates)} images, over the server's limit of "
                             f"{config.max_candidates} per request; split them into several requests")
-    fields = [(source, "source")] + [(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+    if several and not getattr(state.reward, "multi_source", False):
+        raise ApiError(400, f"sources: the server's reward ({state.kind}) takes one source image per request; "
+                            "send `source`")
+    fields = sources + [(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
     try:
         images = await run_in_threadpool(_decode_all, decode, fields, config.max_image_pixels)
     except ImageError as error:
         raise ApiError(error.status, str(error))
-    return GroupRequest(images[0], instruction, images[1:])
+    count = len(sources)
+    return GroupRequest(images[:count] if several else images[0], instruction, images[count:])
 
 
 def _decode_all(decode, fields: list[tuple[Any, str]], max_pixels: int) -> list:
@@ -97,10 +103,19 @@ async def _rerank(exchange: Exchange, request: Request) -> Response:
     parsed = parse_json(await read_body(request, config.max_body_bytes), schemas.RerankRequest)
     if parsed.n > config.max_rerank_n:
         raise ApiError(400, f"n: {parsed.n} is over the server's limit of {config.max_rerank_n}")
+    several = parsed.sources is not None
+    if several and not getattr(state.policy, "multi_source", False):
+        raise ApiError(400, f"sources: the server's policy ({state.family}) takes one source image per request; "
+                            "send `source`, or serve qwen-image-edit-plus for edits of several source images")
+    if several and not getattr(state.reward, "multi_source", False):
+        raise ApiError(400, f"sources: the server's reward ({state.kind}) takes one source image per request; "
+                            "send `source`")
     try:
-        source = await run_in_threadpool(image_from_base64, parsed.source, "source", config.max_image_pixels)
+        images = await run_in_threadpool(_decode_all, image_from_base64, parsed.source_fields(),
+                                         config.max_image_pixels)
     except ImageError as error:
         raise ApiError(error.status, str(error))
+    source = images if several else images[0]
     steps = parsed.num_steps or config.rerank_steps
     job = CallJob(lambda: rerank(state.policy, state.reward, source, parsed.instruction, n=parsed.n,
                                  seed=parsed.seed, num_steps=steps))

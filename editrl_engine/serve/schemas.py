@@ -7,10 +7,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_CANDIDATES = 256          # hard cap per request; ServeConfig.max_candidates may be lower
 MAX_RERANK_N = 64
+MAX_SOURCES = 8               # source images of one multi-source edit (`sources`)
+SOURCES_DESCRIPTION = ("several source images of one edit, in order, each a base64 PNG or JPEG file (instead of "
+                       "`source`; give exactly one of the two)")
+
+
+class _OneSourceField(BaseModel):
+    @model_validator(mode="after")
+    def _exactly_one_source(self):
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("give exactly one of `source` (one image) and `sources` (a list of images)")
+        return self
+
+    def source_fields(self) -> list[tuple[str, str]]:
+        """(base64 image, field name) of each source, in order."""
+        if self.sources is None:
+            return [(self.source, "source")]
+        return [(data, f"sources[{i}]") for i, data in enumerate(self.sources)]
 # 16x16 PNGs (a red and a blue square) for the schema's examples
 RED_PNG = ("iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAGUlEQVR4nGM8"
            "ISfHQApgIkn1qIZRDUNKAwBPHwEkcYw1mAAAAABJRU5ErkJggg==")
@@ -18,11 +35,14 @@ BLUE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAGUlEQVR4nGOU"
             "kzvBQApgIkn1qIZRDUNKAwBNywEki0OjxAAAAABJRU5ErkJggg==")
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(_OneSourceField):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"instruction": "make the square blue", "source": RED_PNG, "candidates": [BLUE_PNG, RED_PNG]}]})
     instruction: str = Field(min_length=1, max_length=4096, description="the edit instruction")
-    source: str = Field(min_length=1, description="the source image: a PNG or JPEG file, base64-encoded")
+    source: str | None = Field(default=None, min_length=1,
+                               description="the source image: a PNG or JPEG file, base64-encoded")
+    sources: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SOURCES,
+                                      description=SOURCES_DESCRIPTION)
     candidates: list[str] = Field(min_length=1, max_length=MAX_CANDIDATES,
                                   description="the edited images to score, each a base64 PNG or JPEG file")
 
@@ -48,11 +68,14 @@ class ScoreResponse(BaseModel):
     batch: BatchInfo
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(_OneSourceField):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"instruction": "make the square blue", "source": RED_PNG, "n": 2, "seed": 0, "num_steps": 2}]})
     instruction: str = Field(min_length=1, max_length=4096)
-    source: str = Field(min_length=1, description="the source image: a PNG or JPEG file, base64-encoded")
+    source: str | None = Field(default=None, min_length=1,
+                               description="the source image: a PNG or JPEG file, base64-encoded")
+    sources: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SOURCES,
+                                      description=SOURCES_DESCRIPTION)
     n: int = Field(default=8, ge=1, le=MAX_RERANK_N, description="candidates to sample")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="candidate i is sampled from seed + i")
     num_steps: int | None = Field(default=None, ge=1, le=100, description="sampling steps (default: the server's)")

@@ -15,7 +15,7 @@ import torch
 
 from ...vlm.images import as_rgb_image
 from .. import attention, lora
-from ..base import Condition, EditPolicy
+from ..base import Condition, EditPolicy, single_sources
 from .model import FluxKontextComponents, pack, position_ids, unpack
 
 
@@ -91,6 +91,7 @@ class FluxKontextPolicy(lora.LoraMixin, EditPolicy):
         if len(sources) != len(instructions) or not sources:
             raise ValueError(f"need as many sources as instructions (>= 1), got {len(sources)} and "
                              f"{len(instructions)}")
+        sources = single_sources(self.family, sources)
         pixels = self._preprocess(sources, size).to(self.device, self.dtype)          # [N, 3, H, W]
         vae = self.components.vae
         latents = vae.encode(pixels).latent_dist.mode()                               # [N, c, h, w]

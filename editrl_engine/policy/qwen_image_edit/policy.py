@@ -20,7 +20,7 @@ from PIL import Image
 from ... import ops
 from ...vlm.images import as_rgb_image
 from .. import attention, lora
-from ..base import Condition, EditPolicy
+from ..base import Condition, EditPolicy, single_sources
 from . import latents as lat
 from .components import Components
 from .prompt import NEGATIVE_PROMPT, encode_prompts
@@ -84,7 +84,7 @@ class QwenImageEditPolicy(lora.LoraMixin, EditPolicy):
         if len(sources) != len(instructions) or not sources:
             raise ValueError(f"need one instruction per source, got {len(sources)} sources and "
                              f"{len(instructions)} instructions")
-        images = [as_rgb_image(s) for s in sources]
+        images = [as_rgb_image(s) for s in single_sources(self.family, sources)]
         sizes = {lat.edit_size(*im.size, self.target_area) for im in images}
         if len(sizes) > 1:
             raise ValueError(f"sources of different aspect ratios give different edit sizes {sorted(sizes)}; "

@@ -43,6 +43,7 @@ def references_of(source) -> list[Image.Image]:
 
 class QwenImageEditPlusPolicy(QwenImageEditPolicy):
     family = "qwen-image-edit-plus"
+    multi_source = True
 
     def __init__(self, components: Components, *, device: torch.device, dtype: torch.dtype,
                  attention_backend: str = "auto", autocast: bool = False, target_area: int = 1024 * 1024,
