@@ -27,8 +27,15 @@ def encode_prompts(text_encoder: torch.nn.Module, processor, images: Sequence, t
     """Embeddings [N, T, D] (zero-padded) and mask [N, T] (int64, 1 = token) of N (image, text) prompts.
 
     images: PIL images already at the edit size, one per text."""
-    inputs = processor(text=[PROMPT_TEMPLATE.format(t) for t in texts], images=list(images), padding=True,
-                       return_tensors="pt").to(text_encoder.device)
+    return embed_prompts(text_encoder, processor, [PROMPT_TEMPLATE.format(t) for t in texts], list(images))
+
+
+@torch.no_grad()
+def embed_prompts(text_encoder: torch.nn.Module, processor, prompts: Sequence[str], images: list
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's last hidden states of chat prompts (their image slots filled by `images`, in order),
+    each trimmed of its first DROP_INDEX tokens and its padding: embeddings [N, T, D] (zero-padded), mask [N, T]."""
+    inputs = processor(text=list(prompts), images=images, padding=True, return_tensors="pt").to(text_encoder.device)
     hidden = text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                           pixel_values=inputs["pixel_values"].to(text_encoder.dtype),
                           image_grid_thw=inputs["image_grid_thw"], output_hidden_states=True,

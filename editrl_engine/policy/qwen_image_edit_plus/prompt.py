@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..qwen_image_edit.prompt import DROP_INDEX, NEGATIVE_PROMPT
+from ..qwen_image_edit.prompt import DROP_INDEX, NEGATIVE_PROMPT, embed_prompts
 
 VISION_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 PROMPT_TEMPLATE = (
@@ -38,21 +38,7 @@ def encode_prompts(text_encoder: torch.nn.Module, processor, images: Sequence[Se
     if len(images) != len(texts):
         raise ValueError(f"need one list of images per text, got {len(images)} and {len(texts)}")
     prompts = [prompt_text(text, len(refs)) for refs, text in zip(images, texts)]
-    flat = [image for refs in images for image in refs]
-    inputs = processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(text_encoder.device)
-    hidden = text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                          pixel_values=inputs["pixel_values"].to(text_encoder.dtype),
-                          image_grid_thw=inputs["image_grid_thw"], output_hidden_states=True,
-                          logits_to_keep=1).hidden_states[-1]                         # [N, S, D]
-    keep = inputs["attention_mask"].bool()
-    rows = [h[k][DROP_INDEX:] for h, k in zip(hidden, keep)]                          # [T_i, D] each
-    length = max(r.shape[0] for r in rows)
-    embeds = hidden.new_zeros(len(rows), length, hidden.shape[-1])
-    mask = torch.zeros(len(rows), length, dtype=torch.long, device=hidden.device)
-    for i, row in enumerate(rows):
-        embeds[i, :row.shape[0]] = row
-        mask[i, :row.shape[0]] = 1
-    return embeds, mask
+    return embed_prompts(text_encoder, processor, prompts, [image for refs in images for image in refs])
 
 
 __all__ = ["DROP_INDEX", "NEGATIVE_PROMPT", "PICTURE_TEMPLATE", "PROMPT_TEMPLATE", "encode_prompts", "prompt_text"]
