@@ -80,14 +80,19 @@ class QwenImageEditConfig:
 
     def build(self):
         """Components with random weights (made on the CPU in float32, so every machine gets the same ones)."""
-        from .components import Components
-        from .tokenizer import build_tokenizer
+        Components, build_tokenizer = self.family_parts()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             tokenizer = build_tokenizer()
             return Components(transformer=self.transformer.build(), vae=self.vae.build(),
                               text_encoder=self.text_encoder.build(tokenizer), tokenizer=tokenizer,
                               processor=self.processor.build(tokenizer), scheduler=self.scheduler.build())
+
+    def family_parts(self):
+        """(the family's Components class, its tokenizer builder): what build() assembles."""
+        from .components import Components
+        from .tokenizer import build_tokenizer
+        return Components, build_tokenizer
 
 
 TINY = QwenImageEditConfig(

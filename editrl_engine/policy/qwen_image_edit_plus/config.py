@@ -35,16 +35,11 @@ class QwenImageEditPlusConfig(edit_config.QwenImageEditConfig):
     reference_area: int | None = None       # pixels of each reference's VAE image (None: target_area)
     condition_area: int = CONDITION_AREA    # pixels of each reference's Qwen2.5-VL image
 
-    def build(self):
-        """Components with random weights (made on the CPU in float32, so every machine gets the same ones)."""
+    def family_parts(self):
+        """This family's Components and tokenizer (trained on the Plus template); build() is Qwen-Image-Edit's."""
         from .components import Components
         from .tokenizer import build_tokenizer
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            tokenizer = build_tokenizer()
-            return Components(transformer=self.transformer.build(), vae=self.vae.build(),
-                              text_encoder=self.text_encoder.build(tokenizer), tokenizer=tokenizer,
-                              processor=self.processor.build(tokenizer), scheduler=self.scheduler.build())
+        return Components, build_tokenizer
 
 
 TINY = QwenImageEditPlusConfig(
