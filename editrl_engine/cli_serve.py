@@ -11,7 +11,6 @@ and the fix, which the `editrl` entry point prints (exit status 2).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from pathlib import Path
 
@@ -228,7 +227,23 @@ def serve_config(args: argparse.Namespace):
 
     return ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_queue=args.max_queue, timeout_s=args.timeout_s, max_body_mb=args.max_body_mb,
-                       max_candidates=args.max_candidates, rerank_steps=args.rerank_steps)
+                       max_candidates=args.max_candidates, rerank_steps=args.rerank_steps, api_key=api_key_from(args),
+                       model_name=args.served_model_name, prefix_cache_mb=args.prefix_cache_mb,
+                       max_logprobs=args.max_logprobs, max_tokens=args.max_tokens)
+
+
+def api_key_from(args: argparse.Namespace) -> str:
+    """The key of --api-key, or of the environment variable --api-key-env names ("" = no key)."""
+    if args.api_key and args.api_key_env:
+        raise InputError("give --api-key or --api-key-env, not both")
+    if not args.api_key_env:
+        return args.api_key or ""
+    import os
+    key = os.environ.get(args.api_key_env, "")
+    if not key:
+        raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty; "
+                         f"export {args.api_key_env}=<key> or pass --api-key")
+    return key
 
 
 def _run_serve(args: argparse.Namespace) -> None:
@@ -239,20 +254,19 @@ def _run_serve(args: argparse.Namespace) -> None:
         raise UserError(f"editrl serve needs the web stack, and {error.name!r} is not installed: "
                         "pip install 'editrl-engine[serve]'") from error
 
+    from .serve.auth import is_loopback
+
     config = serve_config(args)               # bad settings fail before the models load
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        print(f"editrl: warning: listening on {args.host}, not loopback: the server has no authentication",
-              file=sys.stderr)
+    if not is_loopback(args.host) and not config.api_key:
+        print(f"editrl: warning: listening on {args.host}, not loopback, without an API key: anyone who can reach "
+              "it can use it; set --api-key-env NAME (or --api-key)", file=sys.stderr)
     reward = load_reward_from(args)
     policy = load_policy_from(args)
     app = create_app(reward, policy, config)
     print(f"serving reward {reward.kind}" + (f" and policy {args.family} ({args.policy})" if policy else "")
           + f" on http://{args.host}:{args.port} (max batch {args.max_batch} candidates, max wait "
-            f"{args.max_wait_ms} ms, queue {args.max_queue}); Ctrl-C drains and stops", file=sys.stderr)
+            f"{args.max_wait_ms} ms, queue {args.max_queue}" + ("; API key required" if config.api_key else "")
+          + "); Ctrl-C drains and stops", file=sys.stderr)
     serve_forever(app, log_level=args.log_level)
 
 
@@ -261,6 +275,8 @@ def add_serve(subparsers) -> None:
         "serve", help="serve a reward (and Best-of-N reranking) over HTTP with dynamic batching",
         description="POST /v1/score (instruction, source, candidates as base64 PNG/JPEG or a multipart upload) -> "
                     "rewards and details; POST /v1/rerank (with --policy) -> the best and every candidate; "
+                    "POST /v1/chat/completions and GET /v1/models (OpenAI-compatible, on the judge's model: the "
+                    "protocol remote judges speak); "
                     "GET /healthz; GET /metrics (Prometheus); GET /openapi.json. Concurrent requests are scored "
                     "together (up to --max-batch candidates, waiting at most --max-wait-ms). SIGINT / SIGTERM "
                     "stop accepting and answer every request already admitted.")
@@ -279,4 +295,17 @@ def add_serve(subparsers) -> None:
                                                                      "(default: 64)")
     http.add_argument("--rerank-steps", type=int, default=28, help="sampling steps of /v1/rerank (default: 28)")
     http.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    access = parser.add_argument_group("access")
+    access.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every route but "
+                                                         "/healthz (401 otherwise); prefer --api-key-env")
+    access.add_argument("--api-key-env", metavar="NAME", help="read the API key from this environment variable (it "
+                                                              "stays out of the process list and shell history)")
+    chat = parser.add_argument_group("chat completions")
+    chat.add_argument("--served-model-name", default="", metavar="NAME",
+                      help="the model name of /v1/models and chat answers (default: the reward's kind)")
+    chat.add_argument("--prefix-cache-mb", type=float, default=256.0,
+                      help="KV cache kept for shared prompt prefixes across requests, LRU (0 = off; default: 256)")
+    chat.add_argument("--max-logprobs", type=int, default=20, help="most top_logprobs per request (default: 20)")
+    chat.add_argument("--max-tokens", type=int, default=2048, help="most new tokens per choice, and the default "
+                                                                    "(default: 2048)")
     parser.set_defaults(run=_run_serve)

@@ -1,7 +1,8 @@
 """The server's Prometheus metrics, in a registry of its own (several apps in one process do not collide).
 
 requests by endpoint and status, the queue depth, candidates and requests per scored batch, request latency,
-and the accepted / answered counts behind "every accepted request gets exactly one answer".
+the accepted / answered counts behind "every accepted request gets exactly one answer", and the chat
+completions' prefix cache (hits, misses, evictions, bytes, entries).
 """
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+PREFIX_STORE_METRICS = {"hits": "chat requests whose shared prefix was in the prefix cache",
+                        "misses": "chat requests whose shared prefix had to be prefilled",
+                        "evictions": "prefixes dropped to keep the cache within its byte bound",
+                        "bytes": "bytes of KV cache the prefix cache holds",
+                        "entries": "prefixes the prefix cache holds"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, queue_depth: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], prefix_store=None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("editrl_serve_requests", "HTTP requests answered, by endpoint and status",
@@ -33,6 +39,10 @@ class Metrics:
         self.latency = Histogram("editrl_serve_request_latency_seconds", "request latency, arrival to answer",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_errors = Counter("editrl_serve_model_errors", "batches on which the model raised", registry=r)
+        if prefix_store is not None:                # the chat completions' cross-request prefix cache
+            for name, text in PREFIX_STORE_METRICS.items():
+                gauge = Gauge(f"editrl_serve_prefix_cache_{name}", text, registry=r)
+                gauge.set_function(lambda name=name: prefix_store.stats()[name])
         self._lock = threading.Lock()
         self.accepted_count = 0
         self.answered_count = 0

@@ -3,6 +3,7 @@
     app = create_app(reward, policy=None, config=ServeConfig(max_batch=32, max_wait_ms=5))
     POST /v1/score    instruction, source, candidates (JSON with base64 PNG / JPEG, or a multipart upload)
     POST /v1/rerank   instruction, source, n, seed -> the best and every candidate (only with a policy)
+    POST /v1/chat/completions, GET /v1/models   the judge's model, OpenAI-compatible (chat_routes.py)
     GET  /healthz     status, queue depth, accepted / answered counts
     GET  /metrics     Prometheus text format
     GET  /openapi.json
@@ -26,7 +27,8 @@ from fastapi.responses import Response
 
 from ..errors import InputError
 from ..reward.base import RewardModel
-from . import routes, schemas
+from . import chat_routes, routes, schemas
+from .auth import BearerAuth
 from .state import ServerState
 
 
@@ -44,11 +46,20 @@ class ServeConfig:
     retry_after_s: int = 1
     rerank_steps: int = 28              # sampling steps of /v1/rerank when the request gives none
     max_rerank_n: int = 32
+    api_key: str = dataclasses.field(default="", repr=False)   # "" = open; else Bearer <key> on all but /healthz
+    model_name: str = ""                # the model name /v1/models and chat answers give ("" = the reward's kind)
+    prefix_cache_mb: float = 256.0      # chat completions: KV of shared prompt prefixes across requests (0 = off)
+    max_logprobs: int = 20              # chat completions: the most top_logprobs a request may ask for
+    max_tokens: int = 2048              # chat completions: the most new tokens (and the default)
+    max_n: int = 16                     # chat completions: the most choices per request
 
     def __post_init__(self):
         problems = [f"{name} must be > 0, got {getattr(self, name)}" for name in
                     ("max_batch", "max_queue", "timeout_s", "max_body_mb", "max_candidates", "max_image_pixels",
-                     "retry_after_s", "rerank_steps", "max_rerank_n") if not getattr(self, name) > 0]
+                     "retry_after_s", "rerank_steps", "max_rerank_n", "max_tokens", "max_n")
+                    if not getattr(self, name) > 0]
+        problems += [f"{name} must be >= 0, got {getattr(self, name)}" for name in ("prefix_cache_mb", "max_logprobs")
+                     if not getattr(self, name) >= 0]
         if self.max_wait_ms < 0:
             problems.append(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_candidates > schemas.MAX_CANDIDATES:
@@ -97,6 +108,8 @@ def create_app(reward: RewardModel, policy=None, config: ServeConfig | None = No
     app.state.server = state
     app.state.batcher, app.state.metrics, app.state.config = state.batcher, state.metrics, state.config
     add_routes(app, with_rerank=policy is not None)
+    if state.config.api_key:
+        app.add_middleware(BearerAuth, key=state.config.api_key)
     return app
 
 
@@ -111,6 +124,9 @@ def add_routes(app: FastAPI, with_rerank: bool) -> None:
                           summary="Sample n edits with the policy and return the best and all")
     else:
         app.add_api_route("/v1/rerank", routes.no_rerank, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/chat/completions", chat_routes.chat_completions, methods=["POST"], responses=ERRORS,
+                      summary="OpenAI-compatible chat completions on the judge's model (logprobs, n, seed)")
+    app.add_api_route("/v1/models", chat_routes.models, methods=["GET"], summary="The served model")
     app.add_api_route("/healthz", routes.healthz, methods=["GET"], response_model=schemas.Health,
                       summary="Liveness, queue depth and answer counts")
     app.add_api_route("/metrics", routes.prometheus, methods=["GET"], response_class=Response,

@@ -21,7 +21,9 @@ from fastapi.responses import Response
 from ..reward.base import RewardModel
 from .batching import Batcher, Closed, QueueFull
 from .bodies import ApiError
+from .completions import Completer, judge_vlm
 from .metrics import Metrics
+from .prefix_store import PrefixStore
 
 if TYPE_CHECKING:
     from .server import ServeConfig
@@ -39,11 +41,17 @@ class ServerState:
     family: str | None = dataclasses.field(init=False)
     metrics: Metrics = dataclasses.field(init=False)
     batcher: Batcher = dataclasses.field(init=False)
+    completer: Completer | None = dataclasses.field(init=False)   # chat completions on the judge's VLM, or None
+    started: float = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.kind = str(getattr(self.reward, "kind", type(self.reward).__name__))
         self.family = getattr(self.policy, "family", None) if self.policy is not None else None
-        self.metrics = Metrics(queue_depth=self.queue_depth)
+        self.started = time.time()
+        judge = judge_vlm(self.reward)
+        store = PrefixStore(int(self.config.prefix_cache_mb * 2**20)) if self.config.prefix_cache_mb > 0 else None
+        self.completer = Completer(*judge, store=store) if judge is not None else None
+        self.metrics = Metrics(queue_depth=self.queue_depth, prefix_store=store)
         self.batcher = Batcher(self.reward, max_batch=self.config.max_batch,
                                max_wait_s=self.config.max_wait_ms / 1e3, max_queue=self.config.max_queue,
                                on_error=self._model_error, on_batch=self._batch_scored)
