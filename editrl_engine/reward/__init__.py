@@ -3,6 +3,7 @@
     reward = load_reward("mllm_logit", preset="tiny")                             # random weights, built in code
     reward = load_reward("mllm_logit", path="/models/Qwen2.5-VL-32B-Instruct", device="cuda", dtype=torch.bfloat16)
     reward = load_reward({"mllm_logit": 0.7, "programmatic": 0.3}, preset="tiny")  # a CombinedReward
+    reward = load_reward("mllm_logit", endpoint="http://judge:8000/v1", model="...")  # served (vLLM, editrl serve)
     batch = reward.score(sources, instructions, edited)                           # RewardBatch
 
 A kind's module is imported only when asked for and exposes
@@ -32,6 +33,12 @@ def _load_one(kind: str, path, preset, device, dtype, backend, options) -> Rewar
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}; choose one of {', '.join(KINDS)} "
                          f"or a {{kind: weight}} mapping of them")
+    if options.get("endpoint"):                                 # a judge served over HTTP (reward/remote/)
+        if path is not None or preset is not None:
+            raise ValueError(f"the {kind} reward got endpoint= and also path= or preset=; a remote judge's weights "
+                             "live on its server: give one or the other")
+        from .remote import load as load_remote
+        return load_remote(kind, **options)
     if importlib.util.find_spec(KINDS[kind]) is None:
         raise NotImplementedError(f"reward kind {kind!r} is not implemented yet ({KINDS[kind]} does not exist)")
     module = importlib.import_module(KINDS[kind])

@@ -42,6 +42,22 @@ _BRACKETED = re.compile(r"\[[^\[\]]*\]")
 _BARE_KEY = re.compile(r"\s*([A-Za-z_]\w*)\s*:")                 # an identifier used as a key
 
 
+class MissingAnswer(str):
+    """No answer text, and why: the judge could not be asked (a remote request that finally failed). It is an empty
+    string, so it is stored and shown as one; every answer parser gives `reason` as its error."""
+    reason: str
+
+    def __new__(cls, reason: str):
+        answer = super().__new__(cls, "")
+        answer.reason = reason
+        return answer
+
+
+def missing_reason(text: object) -> str | None:
+    """"no answer: <reason>" for a MissingAnswer, else None."""
+    return f"no answer: {text.reason}" if isinstance(text, MissingAnswer) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class ParsedScores:
     scores: tuple[float, ...] | None             # the judge's scores on its own scale 0..max_score, or None
@@ -57,6 +73,8 @@ def parse_judge_scores(text: object, *, count: int, max_score: float) -> ParsedS
     """The `count` scores in the judge's answer `text`, each checked to lie in [0, max_score]."""
     if count < 1 or not max_score > 0:
         raise ValueError(f"count must be >= 1 and max_score > 0, got count={count}, max_score={max_score}")
+    if missing_reason(text):
+        return ParsedScores(None, error=missing_reason(text))
     if not isinstance(text, str) or not text.strip():
         return ParsedScores(None, error="empty answer")
     text = text[:MAX_ANSWER_CHARS].translate(_QUOTES)

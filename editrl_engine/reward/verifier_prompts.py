@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from .parsing import find_json_object
+from .parsing import find_json_object, missing_reason
 
 KINDS = ("keep", "follow", "quality")
 VERDICTS = ("pass", "partial", "fail")
@@ -110,6 +110,8 @@ def verdict_prompt(instruction: str, principles: Sequence[Principle]) -> str:
 def parse_principles(text: object) -> tuple[tuple[Principle, ...] | None, str | None]:
     """The principles in a generation answer {"principles": [...]}: (principles, None) or (None, reason); an
     answer cut off before the list closed is refused."""
+    if missing_reason(text):
+        return None, missing_reason(text)
     found, cut_off = find_json_object(text, lambda obj: isinstance(obj.get("principles"), list))
     if found is None:
         return None, "no JSON object with a principles list in the answer"
@@ -125,6 +127,8 @@ def parse_verdicts(text: object, count: int) -> tuple[dict | None, str | None]:
     """The judge's answer for `count` principles: ({"verdicts": [{"verdict", "score", "reason"}] in principle
     order, "final_score", "reasoning"}, None) or (None, reason). Verdicts are matched by their "id" (1-based);
     without ids, by position when there are exactly `count` of them."""
+    if missing_reason(text):
+        return None, missing_reason(text)
     found, cut_off = find_json_object(text, lambda obj: "verdicts" in obj or "final_score" in obj)
     if found is None:
         return None, "no JSON object with verdicts in the answer"
