@@ -60,12 +60,12 @@ from editrl_engine.reward import load_reward
 SEVEN_B_PRESET = "qwen2.5-vl-7b"               # ModelConfig's defaults: the published 7B sizes
 DEFAULTS = {
     "cuda": dict(model=SEVEN_B_PRESET, dtype="bfloat16", image_size=512, group=12, single_calls=50, group_calls=20,
-                 editscore_passes=4, editscore_tokens=64, sequential_samples=4, warmup=3),
+                 editscore_passes=4, editscore_tokens=64, sequential_samples=4, warmup=3, remote_groups=8),
     "cpu": dict(model="tiny", dtype="float32", image_size=128, group=12, single_calls=30, group_calls=10,
-                editscore_passes=4, editscore_tokens=32, sequential_samples=4, warmup=2),
+                editscore_passes=4, editscore_tokens=32, sequential_samples=4, warmup=2, remote_groups=4),
 }
 QUICK = dict(model="tiny", dtype="float32", image_size=64, group=4, single_calls=3, group_calls=2, editscore_passes=2,
-             editscore_tokens=4, sequential_samples=1, warmup=1)
+             editscore_tokens=4, sequential_samples=1, warmup=1, remote_groups=2)
 BACKENDS = ("eager", "compiled")              # measured by default
 OPTIONAL_BACKENDS = ("onnx", "tensorrt")      # on request (--backends)
 INSTRUCTION = "Replace the red cube with a blue sphere and keep the background unchanged."
@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated mllm_logit backends (default: {','.join(BACKENDS)}; also "
                              f"{','.join(OPTIONAL_BACKENDS)})")
     parser.add_argument("--skip-editscore", action="store_true", help="measure only the logit reward")
+    parser.add_argument("--skip-remote", action="store_true", help="no remote rows (the judge over HTTP)")
     parser.add_argument("--out", type=Path, help="JSON file, or a directory to write reward-<device>.json into "
                                                  "(default: bench/results/reward-<device>.json)")
     parser.add_argument("--quick", action="store_true",
@@ -176,6 +177,19 @@ def logit_rows(config: dict, device: torch.device, rng: np.random.Generator, log
     return rows
 
 
+def served_rows(config: dict, device: torch.device, rng: np.random.Generator, log) -> list[dict]:
+    """The logit judge served by `editrl serve` on loopback and scored over HTTP (reward_remote.py)."""
+    from reward_remote import remote_rows
+    g, size = config["group"], config["image_size"]
+    sets = [(random_images(1, size, rng)[0], random_images(g, size, rng)) for _ in range(4)]
+    try:
+        judge = load("mllm_logit", config, device, "eager", batch_size=g)
+    except Exception as exc:
+        return [row("mllm_logit", "remote", "all", error=error_text(exc))]
+    timer = lambda call, pairs, calls, warmup, _: time_each_call(call, pairs, calls, warmup, device)
+    return remote_rows(judge, config, sets, timer, row, error_text, log)
+
+
 def editscore_rows(config: dict, device: torch.device, rng: np.random.Generator, log) -> list[dict]:
     g, k, n_seq = config["group"], config["editscore_passes"], config["sequential_samples"]
     label = f"avg@{k}"
@@ -258,9 +272,10 @@ def fmt(value) -> str:
 
 
 def rows_table(rows: list[dict]) -> str:
-    headers = ["reward", "backend", "mode", "pairs/call", "pairs/s", "p50 ms", "p99 ms", "error"]
+    headers = ["reward", "backend", "mode", "pairs/call", "pairs/s", "p50 ms", "p99 ms", "prefix hit/miss", "error"]
     body = [[r["reward"], r["backend"], r["mode"], fmt(r["pairs_per_call"]), fmt(r["pairs_per_s"]), fmt(r["p50_ms"]),
-             fmt(r["p99_ms"]), (r["error"] or "")[:70]] for r in rows]
+             fmt(r["p99_ms"]), f"{r['prefix_hits']}/{r['prefix_misses']}" if "prefix_hits" in r else "",
+             (r["error"] or "")[:70]] for r in rows]
     return format_table(headers, body)
 
 
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
 
     rows = logit_rows(config, device, rng, log)
+    if not args.skip_remote:
+        rows += served_rows(config, device, rng, log)
     if not args.skip_editscore:
         rows += editscore_rows(config, device, rng, log)
     for r in rows:

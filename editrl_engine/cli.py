@@ -38,6 +38,7 @@ def _reward_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--avg-k", type=int, default=1, metavar="K",
                        help="Avg@K self-ensemble: K sampled judge passes per image, for rewards that have it")
     group.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per score() call")
+    remote_reward_arguments(group)
     run = parser.add_argument_group("run")
     run.add_argument("--cache", metavar="FILE", help="per-image score cache (JSONL); reused across runs")
     run.add_argument("--out", metavar="FILE", help="write the full results as JSON here (atomically)")
@@ -55,6 +56,9 @@ def _load_reward(args: argparse.Namespace):
         raise CommandError(f"--reward {args.reward}: unknown reward kind {kind!r}; choose one of {', '.join(KINDS)}")
     if args.avg_k < 1:
         raise CommandError(f"--avg-k must be >= 1, got {args.avg_k}")
+    remote = remote_reward_from(args, kind, path)
+    if remote is not None:
+        return remote
     if not path and not args.preset and kind not in ("programmatic",):
         raise CommandError(f"--reward {kind} needs weights: give KIND:PATH or --preset")
     return load_reward(kind, path=path or None, preset=args.preset, device=args.device,
@@ -211,7 +215,12 @@ def _add_pretrain_demo(subparsers) -> None:
     parser.set_defaults(run=_run_pretrain_demo)
 
 
-from .cli_serve import add_rerank, add_serve  # noqa: E402  (argparse only; the server loads when it runs)
+from .cli_serve import (  # noqa: E402  (argparse only; the server loads when it runs)
+    add_rerank,
+    add_serve,
+    remote_reward_arguments,
+    remote_reward_from,
+)
 
 COMMANDS = (_add_eval, _add_train, _add_demo, _add_pretrain_demo, add_rerank, add_serve)
 

@@ -31,6 +31,7 @@ def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool, rew
     reward.add_argument("--reward-preset", metavar="NAME", help="build the reward from a preset instead of weights "
                                                                  "(tiny: random weights, for smoke tests)")
     reward.add_argument("--reward-backend", default="eager", help="scoring backend (default: eager)")
+    remote_reward_arguments(reward)
     policy = parser.add_argument_group("policy")
     policy.add_argument("--policy", required=policy_required, metavar="DIR|tiny" + ("|demo" if policy_required else ""),
                         help="the editing policy: a local diffusers-format folder, or 'tiny' (random weights)"
@@ -44,6 +45,36 @@ def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool, rew
     run.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default: float32)")
 
 
+def remote_reward_arguments(group) -> None:
+    """--reward-endpoint / --reward-model / --reward-api-key-env: the judge served over HTTP (every command that
+    takes a --reward has them)."""
+    group.add_argument("--reward-endpoint", action="append", metavar="URL",
+                       help="score with the judge served at this OpenAI-compatible /v1 base URL (vLLM, SGLang, a "
+                            "hosted API, editrl serve) instead of loading it here; repeat for several servers (each "
+                            "group of candidates stays on one)")
+    group.add_argument("--reward-model", metavar="NAME", help="with --reward-endpoint: the served model name "
+                                                              "(default: the first of GET /v1/models)")
+    group.add_argument("--reward-api-key-env", metavar="NAME", help="with --reward-endpoint: the environment "
+                                                                    "variable holding the server's API key")
+    group.add_argument("--reward-no-top-k", action="store_true", help="with --reward-endpoint: never send top_k "
+                                                                      "(for hosted APIs that refuse it)")
+
+
+def remote_reward_from(args: argparse.Namespace, kind: str, path: str):
+    """The remote judge the --reward-endpoint flags describe, or None without them."""
+    if not getattr(args, "reward_endpoint", None):
+        if any(getattr(args, name, None) for name in ("reward_model", "reward_api_key_env", "reward_no_top_k")):
+            raise InputError("--reward-model, --reward-api-key-env and --reward-no-top-k go with --reward-endpoint URL")
+        return None
+    if path:
+        raise InputError(f"--reward {kind}:{path} with --reward-endpoint: a served judge's weights live on its "
+                         f"server; give --reward {kind}")
+    from .reward import load_reward
+    extra = {"send_top_k": False} if args.reward_no_top_k else {}
+    return load_reward(kind, endpoint=args.reward_endpoint, model=args.reward_model,
+                       api_key_env=args.reward_api_key_env, **extra)
+
+
 def load_reward_from(args: argparse.Namespace):
     import torch
 
@@ -52,6 +83,9 @@ def load_reward_from(args: argparse.Namespace):
     kind, _, path = args.reward.partition(":")
     if kind not in KINDS:
         raise InputError(f"--reward {args.reward}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    remote = remote_reward_from(args, kind, path)
+    if remote is not None:
+        return remote
     if kind == "programmatic":
         if not path:
             raise InputError("--reward programmatic needs the tasks it verifies: give programmatic:MANIFEST.jsonl "

@@ -29,7 +29,11 @@ def test_quick_run_writes_a_complete_report(tmp_path):
     measured = [row for row in report["rows"] if row["error"] is None]
     modes = {(row["reward"], row["mode"]) for row in measured}
     assert {("mllm_logit", "per-sample"), ("mllm_logit", "batched"), ("mllm_logit", "group"),
-            ("editscore", "sequential"), ("editscore", "batched")} <= modes
+            ("editscore", "sequential"), ("editscore", "batched"), ("mllm_logit", "remote c=8"),
+            ("mllm_logit", "no prefix cache"), ("mllm_logit", "2 servers, group"), ("mllm_logit", "2 servers, request")
+            } <= modes
+    remote = {row["mode"]: row for row in measured if row["backend"] == "remote"}
+    assert remote["remote c=8"]["prefix_hits"] > 0 and remote["no prefix cache"]["prefix_hits"] == 0
     for row in measured:
         for key in ("pairs_per_call", "calls", "pairs_per_s", "p50_ms", "p99_ms", "min_ms"):
             assert positive(row[key]), (key, row)

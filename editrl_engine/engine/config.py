@@ -85,12 +85,32 @@ class RewardConfig:
     layout: str = "interleaved"            # mllm_logit prompt: interleaved | uniworld (images first, UniWorld-V2) |
                                            # the path of a template file ({instruction}, {requirement})
     jpeg_quality: int = 0                  # mllm_logit: 0 off, else a JPEG round trip of every image (UniWorld-V2: 75)
+    endpoint: tuple[str, ...] = ()         # a served judge: OpenAI-compatible /v1 base URLs (vLLM, SGLang, editrl
+                                           # serve); each group stays on one. Empty: the judge loads in-process
+    model: str = ""                        # with endpoint: the served model name ("" = the first of GET /v1/models)
+    api_key_env: str = ""                  # with endpoint: the environment variable holding the API key
+    send_top_k: bool = True                # with endpoint: send top_k when sampling (false for hosted APIs without it)
 
     def __post_init__(self):
+        section = "eval.gold" if isinstance(self, GoldConfig) else "reward"
         if isinstance(self.jpeg_quality, bool) or not 0 <= self.jpeg_quality <= 100:
-            section = "eval.gold" if isinstance(self, GoldConfig) else "reward"
             raise ConfigError(f"{section}.jpeg_quality must be 0 (off) or a JPEG quality 1..100, "
                               f"got {self.jpeg_quality}")
+        if not self.endpoint:
+            if self.model or self.api_key_env or not self.send_top_k:
+                raise ConfigError(f"{section}.model, api_key_env and send_top_k go with {section}.endpoint (a served "
+                                  f"judge); set {section}.endpoint = [\"http://host:port/v1\"] or remove them")
+            return
+        local = [name for name in ("path", "preset", "lora") if getattr(self, name)]
+        if self.weights or self.kind not in ("editscore", "mllm_logit", "verifier") or local:
+            raise ConfigError(f"{section}.endpoint serves one judge of kind editscore, mllm_logit or verifier, whose "
+                              f"weights live on its server; got kind {self.kind!r}"
+                              + (f" with {', '.join(section + '.' + n for n in local)}" if local else "")
+                              + (" and weights" if self.weights else "") + ": remove those or the endpoint")
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.endpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +312,9 @@ class TrainConfig:
             why = "deeper pipelines are not supported" if limit == 1 else f"{self.algo.name} needs on-policy samples"
             raise ConfigError(f"pipeline.staleness is {self.pipeline.staleness} but {why}: set pipeline.staleness "
                               f"= {limit} (or -1 for the algorithm's default)")
+        if self.reward.remote and self.pipeline.placement == "separate":
+            raise ConfigError("reward.endpoint scores on a judge server, so no rank needs to hold a judge: set "
+                              "pipeline.placement = \"colocated\" (every rank trains and sends its own requests)")
 
     @property
     def staleness(self) -> int:

@@ -65,6 +65,9 @@ def reward_from_section(r: RewardConfig, device: torch.device):
         options.update(templates=r.templates, pq_images=r.pq_images, reduction=r.reduction)
     if r.kind == "mllm_logit" and not r.weights:
         options.update(layout=r.layout, jpeg_quality=r.jpeg_quality)
+    if r.remote:                                  # a served judge (reward/remote/): no weights, device or dtype here
+        return load_reward(kind, endpoint=list(r.endpoint), model=r.model or None, api_key_env=r.api_key_env or None,
+                           **({} if r.send_top_k else {"send_top_k": False}), **options)
     return load_reward(kind, path=r.path or None, preset=r.preset or None, device=r.device or device,
                        dtype=DTYPES[r.dtype], backend=r.backend, **options)
 

@@ -39,10 +39,15 @@ class TransportConfig:
     backoff_s: float = 0.5                  # the wait before retry k is backoff_s * 2**k (capped at max_wait_s)
     max_wait_s: float = 30.0                # the longest wait, also for a Retry-After
     down_s: float = 10.0                    # how long a failed endpoint is left alone before it is tried again
+    routing: str = "group"                  # group: a group's requests share an endpoint; request: each its own
+                                            # (least loaded: round-robin when equally loaded; for comparisons)
 
     def __post_init__(self):
+        if self.routing not in ("group", "request"):
+            raise InputError(f"routing must be 'group' or 'request', got {self.routing!r}")
         bad = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-               if not getattr(self, f.name) >= (0 if f.name in ("retries", "backoff_s", "down_s") else 1e-9)]
+               if f.name != "routing"
+               and not getattr(self, f.name) >= (0 if f.name in ("retries", "backoff_s", "down_s") else 1e-9)]
         if bad or self.max_in_flight < 1:
             raise InputError(f"bad remote judge transport settings: {', '.join(bad) or 'max_in_flight < 1'}; "
                              "timeouts and max_in_flight must be > 0, retries, backoff_s and down_s >= 0")
@@ -120,6 +125,8 @@ class Transport:
         return self._run(self._post_all(path, list(bodies), list(groups)))
 
     async def _post_all(self, path: str, bodies: list[dict], groups: list) -> list[dict | Failure]:
+        if self.config.routing == "request":
+            groups = list(range(len(bodies)))
         sizes: dict[Any, int] = {}
         for group in groups:
             sizes[group] = sizes.get(group, 0) + 1
