@@ -76,6 +76,24 @@ class TaskSet:
         return self.images[key]
 
 
+SINGLE_SOURCE_FIXES = {
+    "policy": "set policy.family = \"qwen-image-edit-plus\", which takes several reference images",
+    "reward": "use a VLM judge with the project's prompts (mllm_logit, verifier, or editscore with templates = "
+              "\"project\"), which show every source image",
+}
+
+
+def require_sources_taken(tasks: TaskSet, model, role: str) -> None:
+    """Before anything is rolled out: a task set with several source images per task needs a policy and a reward
+    that take them (`multi_source`); an InputError names the task, the model and the fix otherwise."""
+    row = next((r for r in tasks.rows if r.multi_source), None)
+    if row is None or getattr(model, "multi_source", False):
+        return
+    name = getattr(model, "family", None) or getattr(model, "kind", None) or type(model).__name__
+    raise InputError(f"task {row.id!r} has {len(row.sources)} source images, but the {role} ({name}) takes one "
+                     f"per task: {SINGLE_SOURCE_FIXES[role]}")
+
+
 def _decode(row: EditRow, path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:

@@ -40,7 +40,7 @@ from .distributed import (
 from .rollouts import rollout_step
 from .scoring import LocalScorer, RemoteScorer, RewardLedger, serve_rewards
 from .sharding import full, load_into
-from .tasks import TaskSet
+from .tasks import TaskSet, require_sources_taken
 from .timing import StepClock
 from .weights import load_full_weights
 
@@ -156,6 +156,7 @@ class Trainer:
         if self.ready or not place.is_policy:
             return
         self.policy = self._policy or build_policy(cfg, self.device)
+        require_sources_taken(self.tasks, self.policy, "policy")
         with torch.random.fork_rng(devices=[]):              # LoRA A-matrices drawn from the run's seed
             torch.manual_seed(cfg.run.seed)
             init = {"init": cfg.policy.lora_init} if cfg.policy.lora_init != "default" else {}
@@ -186,6 +187,7 @@ class Trainer:
         if self.placement.reward_ranks:
             return RemoteScorer(self.placement)
         self.reward = self._reward or build_reward(self.config, self.device)
+        require_sources_taken(self.tasks, self.reward, "reward")
         return LocalScorer(self.reward)
 
     def _open_logger(self):
@@ -206,6 +208,7 @@ class Trainer:
         """Run until run.steps; returns a summary (last metrics, checkpoint path, reward-rank stats)."""
         if not self.placement.is_policy:                     # a reward rank: serve until the policy ranks stop
             reward = self._reward or build_reward(self.config, self.device)
+            require_sources_taken(self.tasks, reward, "reward")
             stats = serve_rewards(reward, self.placement)
             self.placement.barrier()
             return {"role": "reward", **stats}

@@ -42,6 +42,7 @@ class RewardModel(abc.ABC):
 
     kind: str
     shares_prefix: bool = False             # True: score_groups prefills each group's shared prefix once
+    multi_source: bool = False              # True: a sample's source may be a list of images (each shown, labelled)
 
     @abc.abstractmethod
     def score(self, sources: Sequence, instructions: Sequence[str], edited: Sequence, *,

@@ -32,6 +32,11 @@ class CombinedReward(RewardModel):
         return {name: float(weight) for name, (_, weight) in self.parts.items()}
 
     @property
+    def multi_source(self) -> bool:
+        """Several source images per sample only when every part takes them."""
+        return all(model.multi_source for model, _ in self.parts.values())
+
+    @property
     def shares_prefix(self) -> bool:
         """True when a part prefills a group's shared prefix once (score_groups hands each part the groups)."""
         return any(model.shares_prefix for model, _ in self.parts.values())

@@ -34,6 +34,7 @@ from . import editscore_prompts as prompts
 from . import group_generation
 from .base import RewardBatch, RewardModel, check_groups, check_triples, per_candidate
 from .parsing import EDITSCORE_MAX, VIESCORE_MAX, ParsedScores, combine_sc_pq, parse_judge_scores, rescale_to_ten
+from .sources import rgb_sources, source_count
 
 SCALES = {"editscore": EDITSCORE_MAX, "viescore": VIESCORE_MAX}
 SCORES_PER_CALL = 2                                          # SC: (following, consistency); PQ: (natural, artifacts)
@@ -106,15 +107,17 @@ class EditScoreReward(RewardModel):
         r = int(self.max_score)
         out, p = [], self.prompts
         for i, (source, instruction, image) in enumerate(zip(sources, instructions, edited)):
-            source, image = as_rgb_image(source), as_rgb_image(image)
-            out.append(JudgeCall(i, "sc", p.sc_prefix(instruction) + p.sc_suffix(instruction, r), (source, image)))
+            source, image, k = rgb_sources(source), as_rgb_image(image), source_count(source)
+            out.append(JudgeCall(i, "sc", p.sc_prefix(instruction, k) + p.sc_suffix(instruction, r, k),
+                                 (*source, image)))
             out.append(self._pq_call(i, source, image))
         return out
 
-    def _pq_call(self, i: int, source, image) -> JudgeCall:
+    def _pq_call(self, i: int, source: tuple, image) -> JudgeCall:
+        """The PQ call of one sample; source: its RGB source images (rgb_sources)."""
         both = self.pq_images == "both"
-        return JudgeCall(i, "pq", self.prompts.pq_prompt(int(self.max_score), both),
-                         (source, image) if both else (image,))
+        return JudgeCall(i, "pq", self.prompts.pq_prompt(int(self.max_score), both, len(source)),
+                         (*source, image) if both else (image,))
 
     def decoding(self, pass_index: int) -> Decoding:
         if self.greedy:
@@ -143,13 +146,14 @@ class EditScoreReward(RewardModel):
         sizes = check_groups(sources, instructions, candidates)
         decodings = [self.decoding(p) for p in range(self._num_passes(avg_k))]
         r = int(self.max_score)
-        prefixes = [self.prompts.sc_prefix(i) for i in instructions]
-        suffixes = [self.prompts.sc_suffix(i, r) for i in instructions]                   # per group
+        counts = [source_count(s) for s in sources]
+        prefixes = [self.prompts.sc_prefix(i, k) for i, k in zip(instructions, counts)]
+        suffixes = [self.prompts.sc_suffix(i, r, k) for i, k in zip(instructions, counts)]   # per group
         flat_edited = [as_rgb_image(image) for group in candidates for image in group]
-        flat_sources = per_candidate([as_rgb_image(s) for s in sources], sizes)
+        flat_sources = per_candidate([rgb_sources(s) for s in sources], sizes)
         pq_calls = [self._pq_call(i, s, image) for i, (s, image) in enumerate(zip(flat_sources, flat_edited))]
         if not self.shares_prefix:                               # whole calls: SC, PQ of each candidate, as score()
-            sc_calls = [JudgeCall(i, "sc", prefix + suffix, (source, image)) for i, (prefix, suffix, source, image)
+            sc_calls = [JudgeCall(i, "sc", prefix + suffix, (*source, image)) for i, (prefix, suffix, source, image)
                         in enumerate(zip(per_candidate(prefixes, sizes), per_candidate(suffixes, sizes),
                                          flat_sources, flat_edited))]
             calls = [call for pair in zip(sc_calls, pq_calls) for call in pair]
@@ -159,6 +163,11 @@ class EditScoreReward(RewardModel):
         pq = [self._generate_all(pq_calls, d) for d in decodings]                          # [K][N]
         answers = [[text for pair in zip(sc[p], pq[p]) for text in pair] for p in range(len(decodings))]  # [K][2N]
         return self._aggregate(len(flat_edited), answers)
+
+    @property
+    def multi_source(self) -> bool:
+        """A source may be several images (the project's prompts label each); not with the publisher's templates."""
+        return self.prompts.multi_source
 
     @property
     def shares_prefix(self) -> bool:

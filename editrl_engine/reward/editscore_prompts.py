@@ -7,6 +7,8 @@ last, {"reasoning": "...", "score": [a, b]}, which `parsing.parse_judge_scores` 
 SC: score1 = how well the instruction was carried out (prompt following), score2 = how little beyond it was
 changed (consistency: 0 = a different scene, max = a minimal yet effective edit).
 PQ: score1 = naturalness, score2 = freedom from artifacts.
+Several source images: each is shown, labelled "Original image k:", where the one source image is (SC, and PQ with
+both images); a one-source prompt is unchanged. The publisher's templates take one source image only.
 `select` picks these (ProjectPrompts) or the publisher's exact templates (PublishedPrompts, editscore_published.py)
 for a judge; both give EditScoreReward the same interface (SC prefix / suffix, PQ prompt).
 """
@@ -45,6 +47,19 @@ PQ_TEMPLATE = (                                            # field: max_score
     "score2: artifacts. 0 means heavy distortion, blur, smudges, broken shapes or unnatural textures; "
     "{max_score} means none at all.\n" + ANSWER_FORMAT
 )
+SC_SHARED_MULTI = (                                        # fields: instruction, original-image lines
+    "An AI tool edited images following this instruction: {instruction}\n"
+    "The original images, in order:\n{originals}"
+)
+SC_CANDIDATE_MULTI = (
+    SC_CANDIDATE.replace("\nThe second image is the original after the edit: ", "\nThe last image is the result of "
+                         "the edit: ").replace("0 means the second image shows", "0 means the last image shows")
+)
+PQ_LEAD_BOTH_MULTI = (                                     # field: original-image lines (no final newline)
+    "The first images are originals, shown for reference only:\n{originals}\n"
+    "The last image was made from them by an AI tool: " + IMAGE + "\n"
+    "Judge how the last image looks, not what it shows.\n"
+)
 CALL_IMAGES = {"sc": 2, "pq": 1}                           # images each call shows: SC [source, edited], PQ [edited]
 TEMPLATES = ("auto", "editscore", "project")
 
@@ -53,25 +68,35 @@ HEAD = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"
 
 
-def sc_prefix(instruction: str) -> str:
-    """The part of the SC prompt a group's candidates share: system, instruction, source image. It ends on the
+def original_lines(count: int) -> str:
+    """Labelled source images, one per line: "Original image k: <image>" (no final newline)."""
+    return "\n".join(f"Original image {k}: {IMAGE}" for k in range(1, count + 1))
+
+
+def sc_prefix(instruction: str, sources: int = 1) -> str:
+    """The part of the SC prompt a group's candidates share: system, instruction, source image(s). It ends on the
     special token <|vision_end|>, so prefix and suffix tokenize exactly as the whole prompt does."""
-    return HEAD + SC_SHARED.format(instruction=instruction)
+    if sources == 1:
+        return HEAD + SC_SHARED.format(instruction=instruction)
+    return HEAD + SC_SHARED_MULTI.format(instruction=instruction, originals=original_lines(sources))
 
 
-def sc_suffix(max_score: int) -> str:
+def sc_suffix(max_score: int, sources: int = 1) -> str:
     """The candidate's part of the SC prompt: its image slot takes the edited image."""
-    return SC_CANDIDATE.format(max_score=max_score) + TAIL
+    return (SC_CANDIDATE if sources == 1 else SC_CANDIDATE_MULTI).format(max_score=max_score) + TAIL
 
 
-def sc_prompt(instruction: str, max_score: int) -> str:
-    """The SC prompt (shared prefix + candidate suffix); its two image slots take [source, edited]."""
-    return sc_prefix(instruction) + sc_suffix(max_score)
+def sc_prompt(instruction: str, max_score: int, sources: int = 1) -> str:
+    """The SC prompt (shared prefix + candidate suffix); its image slots take [source(s)..., edited]."""
+    return sc_prefix(instruction, sources) + sc_suffix(max_score, sources)
 
 
-def pq_prompt(max_score: int, both: bool = False) -> str:
-    """The PQ prompt; its one image slot takes the edited image (both: its two take [source, edited])."""
-    lead = PQ_LEAD_BOTH if both else IMAGE + PQ_LEAD
+def pq_prompt(max_score: int, both: bool = False, sources: int = 1) -> str:
+    """The PQ prompt; its one image slot takes the edited image (both: its slots take [source(s)..., edited])."""
+    if not both:
+        lead = IMAGE + PQ_LEAD
+    else:
+        lead = PQ_LEAD_BOTH if sources == 1 else PQ_LEAD_BOTH_MULTI.format(originals=original_lines(sources))
     return HEAD + lead + PQ_TEMPLATE.format(max_score=max_score) + TAIL
 
 
@@ -79,14 +104,16 @@ class ProjectPrompts:
     """The project's own prompts (this module) behind the interface EditScoreReward uses."""
     source = "project"
 
-    def sc_prefix(self, instruction: str) -> str:
-        return sc_prefix(instruction)
+    multi_source = True
 
-    def sc_suffix(self, instruction: str, max_score: int) -> str:       # the instruction sits in the prefix
-        return sc_suffix(max_score)
+    def sc_prefix(self, instruction: str, sources: int = 1) -> str:
+        return sc_prefix(instruction, sources)
 
-    def pq_prompt(self, max_score: int, both: bool) -> str:
-        return pq_prompt(max_score, both)
+    def sc_suffix(self, instruction: str, max_score: int, sources: int = 1) -> str:   # the instruction: in the prefix
+        return sc_suffix(max_score, sources)
+
+    def pq_prompt(self, max_score: int, both: bool, sources: int = 1) -> str:
+        return pq_prompt(max_score, both, sources)
 
 
 class PublishedPrompts:
@@ -99,14 +126,25 @@ class PublishedPrompts:
         self.templates = editscore_published.PublishedTemplates.load()
         self.source = self.templates.source
 
-    def sc_prefix(self, instruction: str) -> str:
+    multi_source = False                    # the publisher's text speaks of one original image
+
+    @staticmethod
+    def _one_source(sources: int) -> None:
+        if sources != 1:
+            raise ValueError(f"the publisher's EditScore templates show one original image, and this sample has "
+                             f"{sources}: judge several source images with templates='project'")
+
+    def sc_prefix(self, instruction: str, sources: int = 1) -> str:
+        self._one_source(sources)
         return self.published.head(self.family) + self.published.image_slot(1, self.family)
 
-    def sc_suffix(self, instruction: str, max_score: int) -> str:
+    def sc_suffix(self, instruction: str, max_score: int, sources: int = 1) -> str:
+        self._one_source(sources)
         return (self.published.image_slot(2, self.family) + self.templates.sc_text(instruction, max_score)
                 + self.published.TAIL)
 
-    def pq_prompt(self, max_score: int, both: bool) -> str:
+    def pq_prompt(self, max_score: int, both: bool, sources: int = 1) -> str:
+        self._one_source(sources)
         slots = "".join(self.published.image_slot(i, self.family) for i in range(1, 3 if both else 2))
         return self.published.head(self.family) + slots + self.templates.pq_text(max_score) + self.published.TAIL
 

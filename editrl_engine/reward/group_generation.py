@@ -21,6 +21,7 @@ from editrl_engine.vlm.images import as_rgb_image
 from editrl_engine.vlm.kv_cache import cache_kwargs
 
 from . import prefix_cache
+from .sources import rgb_sources
 
 
 def _rng_state(devices: list) -> tuple:
@@ -64,8 +65,9 @@ class Continuation:
 def answers(vlm, image_size: dict, batch_size: int, prefix_texts: Sequence[str], sources: Sequence,
             suffix_text: str | Sequence[str], candidates: Sequence[Sequence], decodings: Sequence) -> list[list[str]]:
     """[K][N] answer texts (K = len(decodings), N = all candidates, group-major). Group g's prompt is
-    prefix_texts[g] (its one image slot takes sources[g]) + suffix_text, or suffix_text[g] when it is a sequence
-    (its one image slot takes the candidate). A decoding has `seed` (None: no reseeding) and `generate_kwargs()`."""
+    prefix_texts[g] (its image slots take sources[g]: one image or a list of them) + suffix_text, or suffix_text[g]
+    when it is a sequence (its one image slot takes the candidate). A decoding has `seed` (None: no reseeding) and
+    `generate_kwargs()`."""
     suffixes = [suffix_text] * len(candidates) if isinstance(suffix_text, str) else list(suffix_text)   # [groups]
     model, processor = vlm.model, vlm.processor
     devices = [model.device] if model.device.type == "cuda" else []
@@ -79,7 +81,7 @@ def answers(vlm, image_size: dict, batch_size: int, prefix_texts: Sequence[str],
         for start in range(0, len(candidates), batch_size):
             groups = slice(start, start + batch_size)
             prefix_inputs = processor(text=list(prefix_texts[groups]),
-                                      images=[as_rgb_image(s) for s in sources[groups]], padding=True,
+                                      images=[image for s in sources[groups] for image in rgb_sources(s)], padding=True,
                                       size=image_size, return_tensors="pt")                # [B, P], left-padded
             prefix = prefix_cache.prefill(model, prefix_inputs)
             rows = [g for g, group in enumerate(candidates[groups]) for _ in group]         # prefix row per candidate

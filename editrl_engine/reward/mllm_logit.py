@@ -37,6 +37,7 @@ from .mllm_prompts import (  # noqa: F401  (the interleaved layout's names, kept
     jpeg_round_trip,
     load_layout,
 )
+from .sources import source_count, source_list
 
 RATINGS = tuple(range(6))                                # the answers "0".."5"
 MAX_RATING = RATINGS[-1]
@@ -60,6 +61,7 @@ class MllmLogitReward(RewardModel):
 
     kind = "mllm_logit"
     shares_prefix = True
+    multi_source = True                                  # a source may be several images, each shown, labelled
 
     def __init__(self, vlm: VLM, *, requirement: str | None = None, max_image_pixels: int = 512 * 512,
                  batch_size: int = 8, backend: str = "eager", backend_options: dict | None = None,
@@ -86,8 +88,9 @@ class MllmLogitReward(RewardModel):
     def inputs(self, sources: Sequence, instructions: Sequence[str], edited: Sequence,
                requirements: Sequence[str | None]) -> dict[str, torch.Tensor]:
         """Processor outputs of one batch: input_ids / attention_mask [B, S] (left-padded), pixel_values, grids."""
-        images = [self.image(image) for pair in zip(sources, edited) for image in pair]       # source_i, edited_i
-        texts = [self.layout.prompt(i, r) for i, r in zip(instructions, requirements)]
+        images = [self.image(image) for source, edit in zip(sources, edited)
+                  for image in (*source_list(source), edit)]                             # sources_i..., edited_i
+        texts = [self.layout.prompt(i, r, source_count(s)) for i, r, s in zip(instructions, requirements, sources)]
         return self.vlm.processor(text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt")
 
     @torch.no_grad()
@@ -141,14 +144,15 @@ class MllmLogitReward(RewardModel):
         chunks = []
         for start in range(0, len(candidates), self.batch_size):
             groups = slice(start, start + self.batch_size)
-            texts = [self.layout.prefix(i, r) for i, r in zip(instructions[groups], requirements[groups])]
-            images = [self.image(image) for image in sources[groups]]
+            counts = [source_count(s) for s in sources[groups]]
+            texts = [self.layout.prefix(i, r, k) for i, r, k in zip(instructions[groups], requirements[groups], counts)]
+            images = [self.image(image) for source in sources[groups] for image in source_list(source)]
             prefix = prefix_cache.prefill(self.vlm.model, self.vlm.processor(
                 text=texts, images=images, padding=True, size=self.image_size, return_tensors="pt"))
             rows = [g for g, group in enumerate(candidates[groups]) for _ in group]           # prefix row per candidate
             edited = [self.image(image) for group in candidates[groups] for image in group]
-            texts = [self.layout.suffix(i, r) for i, r, group in
-                     zip(instructions[groups], requirements[groups], candidates[groups]) for _ in group]
+            texts = [self.layout.suffix(i, r, k) for i, r, k, group in
+                     zip(instructions[groups], requirements[groups], counts, candidates[groups]) for _ in group]
             for first in range(0, len(edited), self.batch_size):
                 part = slice(first, first + self.batch_size)
                 suffixes = self.vlm.processor(text=texts[part], images=edited[part], padding=True,

@@ -11,6 +11,10 @@ Layouts (the `layout` option; every one shows the source image before the edited
                final newline is dropped). This scores with another wording, e.g. a peer's exact prompt, loaded at
                run time rather than copied here.
 
+Several source images (a sample whose source is a list, e.g. for Qwen-Image-Edit-Plus): each is shown, labelled
+"Original image k:", where the one source image is; the images-first layouts then label the edited image too and
+uniworld's first sentence counts the originals. A one-image prompt is unchanged.
+
 Each layout splits its prompt into a prefix shared by a group's candidates (score_groups prefills it once) and a
 suffix per candidate. interleaved: prefix = system, source, instruction and requirement; suffix = edited image and
 request. Images first: prefix = system and the source image (still shared); suffix = edited image and all the text.
@@ -44,40 +48,62 @@ PLACEHOLDERS = ("instruction", "requirement")
 LAYOUTS = ("interleaved", "uniworld")                    # or the path of a template file
 
 
-def build_prefix(instruction: str, requirement: str | None = None) -> str:
-    """interleaved: the part of the prompt a group's candidates share (system, source, instruction, requirement)."""
-    return PREFIX_TEMPLATE.format(instruction, REQUIREMENT_LINE.format(requirement) if requirement else "")
+MULTI_PREFIX_TEMPLATE = (                                # slots: original-image lines, instruction, requirement line
+    "<|im_start|>system\nYou are a careful judge of image edits.<|im_end|>\n<|im_start|>user\n"
+    "These are the original images, in order:\n{}The editing instruction is: {}\n{}"
+)
+UNIWORLD_FIRST_LINE = "The first image is the original image and the second is the edited image.\n"
+UNIWORLD_MULTI_LINE = "The first {} images are the original images, in order, and the last is the edited image.\n"
 
 
-def build_prompt(instruction: str, requirement: str | None = None) -> str:
-    return build_prefix(instruction, requirement) + SUFFIX
+def original_lines(count: int) -> str:
+    """One labelled line per source image: "Original image k: <image>\n"."""
+    return "".join(f"Original image {k}: {IMAGE}\n" for k in range(1, count + 1))
+
+
+def build_prefix(instruction: str, requirement: str | None = None, sources: int = 1) -> str:
+    """interleaved: the part of the prompt a group's candidates share (system, sources, instruction, requirement)."""
+    line = REQUIREMENT_LINE.format(requirement) if requirement else ""
+    if sources == 1:
+        return PREFIX_TEMPLATE.format(instruction, line)
+    return MULTI_PREFIX_TEMPLATE.format(original_lines(sources), instruction, line)
+
+
+def build_prompt(instruction: str, requirement: str | None = None, sources: int = 1) -> str:
+    return build_prefix(instruction, requirement, sources) + SUFFIX
 
 
 class Interleaved:
     name = "interleaved"
 
-    def prefix(self, instruction: str, requirement: str | None) -> str:
-        return build_prefix(instruction, requirement)
+    def prefix(self, instruction: str, requirement: str | None, sources: int = 1) -> str:
+        return build_prefix(instruction, requirement, sources)
 
-    def suffix(self, instruction: str, requirement: str | None) -> str:
+    def suffix(self, instruction: str, requirement: str | None, sources: int = 1) -> str:
         return SUFFIX
 
-    def prompt(self, instruction: str, requirement: str | None) -> str:
-        return self.prefix(instruction, requirement) + self.suffix(instruction, requirement)
+    def prompt(self, instruction: str, requirement: str | None, sources: int = 1) -> str:
+        return self.prefix(instruction, requirement, sources) + self.suffix(instruction, requirement, sources)
 
 
 class ImagesFirst(Interleaved):
-    """The default system prompt, the source and the edited image, then `text` with its placeholders filled in."""
+    """The default system prompt, the source and the edited image, then `text` with its placeholders filled in
+    (several sources: labelled original images, the labelled edited image, then `multi_text`)."""
 
-    def __init__(self, name: str, text: str):
-        self.name, self.text = name, text
+    def __init__(self, name: str, text: str, multi_text: str | None = None):
+        self.name, self.text, self.multi_text = name, text, text if multi_text is None else multi_text
 
-    def prefix(self, instruction: str, requirement: str | None) -> str:
-        return f"{DEFAULT_SYSTEM}<|im_start|>user\n{IMAGE}"
+    def prefix(self, instruction: str, requirement: str | None, sources: int = 1) -> str:
+        if sources == 1:
+            return f"{DEFAULT_SYSTEM}<|im_start|>user\n{IMAGE}"
+        return f"{DEFAULT_SYSTEM}<|im_start|>user\n" + original_lines(sources).removesuffix("\n")
 
-    def suffix(self, instruction: str, requirement: str | None) -> str:
+    def suffix(self, instruction: str, requirement: str | None, sources: int = 1) -> str:
         values = {"instruction": instruction, "requirement": requirement or ""}      # the line stays, empty
-        return IMAGE + re.sub(r"\{(instruction|requirement)\}", lambda m: values[m.group(1)], self.text) + ANSWER
+        fill = lambda text: re.sub(r"\{(instruction|requirement)\}", lambda m: values[m.group(1)], text)
+        if sources == 1:
+            return IMAGE + fill(self.text) + ANSWER
+        return f"\nEdited image: {IMAGE}\n" + fill(self.multi_text.replace("{sources}", str(sources))) + ANSWER
 
 
 def load_layout(layout: str) -> Interleaved:
@@ -85,7 +111,8 @@ def load_layout(layout: str) -> Interleaved:
     if layout == "interleaved":
         return Interleaved()
     if layout == "uniworld":
-        return ImagesFirst("uniworld", UNIWORLD_TEXT)
+        multi = UNIWORLD_TEXT.replace(UNIWORLD_FIRST_LINE, UNIWORLD_MULTI_LINE.format("{sources}"))
+        return ImagesFirst("uniworld", UNIWORLD_TEXT, multi)
     path = Path(layout)
     if not path.is_file():
         raise ValueError(f"mllm_logit layout {layout!r} is neither one of {', '.join(LAYOUTS)} nor an existing "

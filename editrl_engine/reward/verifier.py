@@ -36,6 +36,7 @@ from editrl_engine.vlm.images import as_rgb_image
 from . import group_generation
 from . import verifier_prompts as vp
 from .base import RewardBatch, RewardModel, check_groups, check_triples, rows_field
+from .sources import source_count, source_list
 
 GenerateFn = Callable[[list[str], list[list]], list[str]]
 BACKENDS = ("eager",)
@@ -129,6 +130,7 @@ def aggregate(principles: Sequence[vp.Principle], scores: Sequence[float]) -> tu
 
 class VerifierReward(RewardModel):
     kind = "verifier"
+    multi_source = True                     # a source may be several images, each shown, labelled
 
     def __init__(self, generate_fn: GenerateFn, *, generate_principles: bool = True, origin: str = "custom"):
         self.generate_fn, self.generate_principles, self.origin = generate_fn, generate_principles, origin
@@ -148,8 +150,9 @@ class VerifierReward(RewardModel):
         chosen = self._choose(given, details, "sample")
         self._generate_missing(sources, instructions, chosen, details)
         ready = [i for i in range(n) if chosen[i] is not None]
-        answers = self.generate_fn([vp.verdict_prompt(instructions[i], chosen[i]) for i in ready],
-                                   [[sources[i], edited[i]] for i in ready]) if ready else []
+        answers = self.generate_fn([vp.verdict_prompt(instructions[i], chosen[i], source_count(sources[i]))
+                                    for i in ready],
+                                   [[*source_list(sources[i]), edited[i]] for i in ready]) if ready else []
         rewards = [math.nan] * n
         for i, answer in zip(ready, answers):
             rewards[i] = self._judge(chosen[i], answer, details[i])
@@ -175,7 +178,8 @@ class VerifierReward(RewardModel):
         generator = self.generate_fn
         texts = group_generation.answers(
             generator.vlm, generator.image_size, generator.batch_size,
-            [vp.verdict_prefix(instructions[g], chosen[g]) for g in ready], [sources[g] for g in ready],
+            [vp.verdict_prefix(instructions[g], chosen[g], source_count(sources[g])) for g in ready],
+            [sources[g] for g in ready],
             vp.verdict_suffix(), [list(candidates[g]) for g in ready], [generator.decoding()])[0] if ready else []
         answers = iter(texts)
         rewards, details = [], []
@@ -208,8 +212,8 @@ class VerifierReward(RewardModel):
             raise ValueError(f"samples {missing} have no principles and principle generation is off")
         keys = list(dict.fromkeys((instructions[i], id(sources[i])) for i in missing))   # one call per pair
         first = {key: next(i for i in missing if (instructions[i], id(sources[i])) == key) for key in keys}
-        answers = self.generate_fn([vp.principles_prompt(key[0]) for key in keys],
-                                   [[sources[first[key]]] for key in keys])
+        answers = self.generate_fn([vp.principles_prompt(key[0], source_count(sources[first[key]])) for key in keys],
+                                   [source_list(sources[first[key]]) for key in keys])
         parsed = {key: (answer, *vp.parse_principles(answer)) for key, answer in zip(keys, answers)}
         for i in missing:
             answer, principles, error = parsed[(instructions[i], id(sources[i]))]

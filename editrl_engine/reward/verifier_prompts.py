@@ -4,6 +4,9 @@ Principles come in three kinds: keep (something that must stay as it is), follow
 for) and quality (how the result must look). Given principles are `Principle`s, {"kind": ..., "text": ...}
 mappings, or strings with a kind prefix ("keep: the sky stays blue"), which is how manifest rows store them.
 
+Several source images: "This is the original image: <image>" becomes "These are the original images, in order:"
+and one "Original image k: <image>" line per image; a one-source prompt is unchanged.
+
 Answers are read with `parsing.find_json_object` (fences, stray text, smart quotes, trailing commas, cut-off
 ends). Nothing is guessed: an answer that cannot be read, misses a principle, names an unknown verdict or gives
 a score outside 0-10 yields an error string (the caller makes the reward NaN and counts it).
@@ -40,6 +43,8 @@ VERDICT_CANDIDATE = (                                    # the edited image firs
     '"verdict": "pass", "score": 9, "reason": "..."}], "final_score": 8}' + _TAIL
 )
 VERDICT_TEMPLATE = VERDICT_SHARED + VERDICT_CANDIDATE.replace("{", "{{").replace("}", "}}")
+ONE_SOURCE = f"This is the original image: {IMAGE}"      # replaced, for several sources, by labelled images:
+MULTI_SOURCE = "These are the original images, in order:\n{}"      # slot: "Original image k: <image>" lines
 _PREFIX = re.compile(r"^\s*\[?\s*(keep|follow|quality)\s*\]?\s*[:\-]\s*(.+)$", re.IGNORECASE | re.DOTALL)
 # a final score written out completely (followed by , } or a newline): proof that a cut-off answer ended later
 _COMPLETE_FINAL = re.compile(r"""final_score["'\u201c\u201d\u2018\u2019]?\s*:\s*["'\u201c\u201d]?[-+.\w]+"""
@@ -86,15 +91,24 @@ def as_principles(items: Sequence) -> tuple[Principle, ...]:
     return principles
 
 
-def principles_prompt(instruction: str) -> str:
-    return PRINCIPLES_TEMPLATE.format(instruction)
+def _sources(prompt: str, sources: int) -> str:
+    """The prompt with its one source image replaced, for several sources, by labelled original images."""
+    if sources == 1:
+        return prompt
+    lines = "\n".join(f"Original image {k}: {IMAGE}" for k in range(1, sources + 1))
+    return prompt.replace(ONE_SOURCE, MULTI_SOURCE.format(lines), 1)
 
 
-def verdict_prefix(instruction: str, principles: Sequence[Principle]) -> str:
-    """The part of the verdict prompt a group's candidates share: system, instruction, principles, source image.
+def principles_prompt(instruction: str, sources: int = 1) -> str:
+    """The principle-generation prompt; its image slots take the source image(s)."""
+    return _sources(PRINCIPLES_TEMPLATE.format(instruction), sources)
+
+
+def verdict_prefix(instruction: str, principles: Sequence[Principle], sources: int = 1) -> str:
+    """The part of the verdict prompt a group's candidates share: system, instruction, principles, source image(s).
     It ends on the special token <|vision_end|>, so prefix and suffix tokenize exactly as the whole prompt does."""
     lines = "".join(f"{i}. [{p.kind}] {p.text}\n" for i, p in enumerate(principles, 1))
-    return VERDICT_SHARED.format(instruction, lines)
+    return _sources(VERDICT_SHARED.format(instruction, lines), sources)
 
 
 def verdict_suffix() -> str:
@@ -102,9 +116,9 @@ def verdict_suffix() -> str:
     return VERDICT_CANDIDATE
 
 
-def verdict_prompt(instruction: str, principles: Sequence[Principle]) -> str:
-    """The verdict prompt; its two image slots take [source, edited]."""
-    return verdict_prefix(instruction, principles) + verdict_suffix()
+def verdict_prompt(instruction: str, principles: Sequence[Principle], sources: int = 1) -> str:
+    """The verdict prompt; its image slots take [source(s)..., edited]."""
+    return verdict_prefix(instruction, principles, sources) + verdict_suffix()
 
 
 def parse_principles(text: object) -> tuple[tuple[Principle, ...] | None, str | None]:

@@ -25,14 +25,10 @@ from ..chat import IMAGE, to_messages
 from ..mllm_logit import MAX_RATING, RATINGS
 from ..mllm_prompts import check_jpeg_quality, jpeg_round_trip, load_layout
 from ..parsing import MissingAnswer
+from ..sources import source_list
 from .transport import Failure, Transport
 
 CHAT = "/chat/completions"
-
-
-def source_images(source) -> list:
-    """A sample's source as a list of images (one image, or a list of them)."""
-    return list(source) if isinstance(source, (list, tuple)) else [source]
 
 
 class RemoteChat:
@@ -83,7 +79,7 @@ def digit_logprobs(answer: dict | Failure) -> dict[int, float] | Failure:
 
 class RemoteLogitReward(RewardModel):
     kind = "mllm_logit"
-    multi_source = True
+    multi_source = True                     # several source images are shown, labelled (mllm_prompts.py)
 
     def __init__(self, chat: RemoteChat, *, requirement: str | None = None, layout: str = "interleaved",
                  jpeg_quality: int = 0, top_logprobs: int = 20, min_digit_mass: float = 0.5):
@@ -123,8 +119,9 @@ class RemoteLogitReward(RewardModel):
     def _score(self, sources, instructions, edited, requirements, groups) -> RewardBatch:
         bodies = []
         for source, instruction, image, requirement in zip(sources, instructions, edited, requirements):
-            images = [self.image(s) for s in source_images(source)] + [self.image(image)]
-            bodies.append(self.chat.body(self.layout.prompt(instruction, requirement), images, max_tokens=1,
+            images = [self.image(s) for s in source_list(source)] + [self.image(image)]
+            prompt = self.layout.prompt(instruction, requirement, len(images) - 1)
+            bodies.append(self.chat.body(prompt, images, max_tokens=1,
                                          temperature=0, logprobs=True, top_logprobs=self.top_logprobs))
         rewards, details = [], []
         for answer in self.chat.send(bodies, groups):
