@@ -7,7 +7,7 @@ import importlib
 import httpx
 import torch
 
-from .serve_fakes import GroupCountingReward, b64, red_mean, serve, solid, tiny_policy
+from .serve_fakes import GroupCountingReward, b64, png_bytes, red_mean, serve, solid, tiny_policy
 
 TIMEOUT = httpx.Timeout(60.0)
 rerank_module = importlib.import_module("editrl_engine.serve.rerank")    # the package exports the function too
@@ -104,3 +104,27 @@ def test_generate_hands_encode_one_row_holding_the_list():
     except Stop:
         pass
     assert calls == [([[red, blue]], ["merge"])]
+
+
+def test_multipart_score_takes_sources_as_several_file_parts():
+    reward = MultiSourceReward()
+    server = serve(reward)
+    red, green, blue = solid((255, 0, 0)), solid((0, 255, 0)), solid((0, 0, 255))
+    form = lambda *files: httpx.post(server.url + "/v1/score", data={"instruction": "merge"}, files=list(files),
+                                     timeout=TIMEOUT)
+    png = lambda name, image: (name, (f"{name}.png", png_bytes(image), "image/png"))
+    try:
+        several = form(png("sources", red), png("sources", green), png("candidates", blue), png("candidates", red))
+        seen = reward.seen
+        both = form(png("source", red), png("sources", green), png("candidates", blue))
+        neither = form(png("candidates", blue))
+        broken = form(png("sources", red), ("sources", ("x.png", b"not an image", "image/png")),
+                      png("candidates", blue))
+    finally:
+        server.stop()
+    assert several.status_code == 200, several.text
+    assert several.json()["rewards"] == [0.0, 1.0]
+    assert isinstance(seen[0], list) and [red_mean(image) for image in seen[0]] == [1.0, 0.0]
+    for response in (both, neither):
+        assert response.status_code == 400 and "exactly one of `source`" in response.json()["detail"]
+    assert broken.status_code == 400 and "sources[1]" in broken.json()["detail"]

@@ -11,7 +11,7 @@ file once per loader. A batch whose every image was skipped is not yielded, so b
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for batch in loader:        # batch.images [B, 3, 512, 512] uint8, batch.rows, batch.group_keys
-            ...
+            ...                     # batch.sources: per row the image, or the list of a multi-source row's images
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 
 from .decoding import make_decoder
 from .integrity import encoded_problem
-from .manifest import EditRow, GroupKey, image_digest, read_manifest
+from .manifest import EditRow, GroupKey, image_digest, read_manifest, sources_digest
 from .prefetch import prefetched
 from .sharding import shard_indices
 
@@ -38,10 +38,12 @@ class SkippedImageWarning(UserWarning):
 
 @dataclasses.dataclass
 class EditBatch:
-    images: torch.Tensor                  # uint8 [B, 3, H, W]: the source images
+    images: torch.Tensor                  # uint8 [B, 3, H, W]: the (first) source image of each row
     rows: list[EditRow]                   # B manifest rows, in the order of `images`
-    source_sha256: list[str]              # B digests of the source files' bytes
+    source_sha256: list[str]              # B digests of the source files' bytes (several: joined by commas)
     targets: torch.Tensor | None = None   # uint8 [B, 3, H, W] ground-truth targets when load_targets=True
+    sources: list = dataclasses.field(default_factory=list)   # B: uint8 [3, H, W], or a list of them for a row
+                                                              # with several sources (what policy.encode takes)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -89,10 +91,6 @@ class EditLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.rows = read_manifest(source) if isinstance(source, (str, os.PathLike)) else list(source)
-        several = [row.id for row in self.rows if row.multi_source]
-        if several:
-            raise ValueError(f"the batched loader stacks one source image per row, but {len(several)} row(s) have "
-                             f"a list of sources, e.g. {several[0]!r}; use TaskSet.image for multi-source rows")
         if load_targets:
             without = [row.id for row in self.rows if row.target is None]
             if without:
@@ -101,8 +99,9 @@ class EditLoader:
         self.shuffle, self.seed, self.drop_last, self.equal_shards = shuffle, seed, drop_last, equal_shards
         self.load_targets, self.prefetch = load_targets, prefetch
         shard_indices(0, rank, world_size)                                     # validates rank / world_size
-        self.decoder = make_decoder(backend, size, max_batch=batch_size * (2 if load_targets else 1),
-                                    device=device, num_threads=num_threads)
+        files_per_row = max((len(row.sources) for row in self.rows), default=1) + (1 if load_targets else 0)
+        self.decoder = make_decoder(backend, size, max_batch=batch_size * files_per_row, device=device,
+                                    num_threads=num_threads)
         self.backend = self.decoder.name
         self.size = self.decoder.size
         self.epoch = 0
@@ -149,33 +148,40 @@ class EditLoader:
             yield self._load([self.rows[i] for i in chunk])
 
     def _load(self, rows: list[EditRow]) -> tuple[EditBatch | None, list[_Skip]]:
-        """Read and decode the files of `rows`; leave out rows whose source (or target) is missing or broken.
+        """Read and decode the files of `rows` (every source, then the targets when load_targets); leave out rows
+        with a source (or target) missing or broken."""
+        files = [(r, "source", k, path) for r, row in enumerate(rows) for k, path in enumerate(row.sources)]
+        if self.load_targets:
+            files += [(r, "target", 0, row.target) for r, row in enumerate(rows)]
+        reads = list(self._reader.map(_read_checked, [f[3] for f in files]))     # bytes, or (kind, reason)
+        skips: dict[int, _Skip] = {}                                              # row index -> first reason
 
-        Files are numbered by position: 0..B-1 the sources, B..2B-1 the targets (when load_targets)."""
-        count = len(rows)
-        paths = [row.source for row in rows] + ([row.target for row in rows] if self.load_targets else [])
-        reads = list(self._reader.map(_read_checked, paths))                 # bytes, or (kind, reason)
-        skips: dict[int, _Skip] = {}                                         # row index -> first reason
+        def skip(file: int, kind: str, reason: str) -> None:
+            r = files[file][0]
+            skips.setdefault(r, _Skip(rows[r].id, str(files[file][3]), kind, reason))
 
-        def skip(position: int, kind: str, reason: str) -> None:
-            skips.setdefault(position % count, _Skip(rows[position % count].id, str(paths[position]), kind, reason))
-
-        for position, result in enumerate(reads):
+        for file, result in enumerate(reads):
             if isinstance(result, tuple):
-                skip(position, *result)
-        readable = [position for position, result in enumerate(reads) if isinstance(result, bytes)]
-        decoded = self.decoder.decode([reads[position] for position in readable])
+                skip(file, *result)
+        readable = [file for file, result in enumerate(reads) if isinstance(result, bytes)]
+        decoded = self.decoder.decode([reads[file] for file in readable])
         for local, reason in decoded.failed.items():
             skip(readable[local], "corrupt", reason)
 
-        kept = [r for r in range(count) if r not in skips]
+        kept = [r for r in range(len(rows)) if r not in skips]
         if not kept:
             return None, list(skips.values())
-        image_of = {readable[local]: image for image, local in enumerate(decoded.ok)}   # position -> image row
-        images = _take(decoded.images, [image_of[r] for r in kept])                     # [B', 3, H, W]
-        targets = _take(decoded.images, [image_of[r + count] for r in kept]) if self.load_targets else None
-        batch = EditBatch(images=images, rows=[rows[r] for r in kept],
-                          source_sha256=[image_digest(reads[r]) for r in kept], targets=targets)
+        at = {(r, kind, k): file for file, (r, kind, k, _) in enumerate(files)}
+        image_of = {readable[local]: image for image, local in enumerate(decoded.ok)}   # file -> decoded row
+        source_files = {r: [at[(r, "source", k)] for k in range(len(rows[r].sources))] for r in kept}
+        images = _take(decoded.images, [image_of[source_files[r][0]] for r in kept])    # [B', 3, H, W]
+        targets = (_take(decoded.images, [image_of[at[(r, "target", 0)]] for r in kept]) if self.load_targets
+                   else None)
+        sources = [[decoded.images[image_of[f]] for f in source_files[r]] if rows[r].multi_source else images[i]
+                   for i, r in enumerate(kept)]
+        digests = [sources_digest([image_digest(reads[f]) for f in source_files[r]]) for r in kept]
+        batch = EditBatch(images=images, rows=[rows[r] for r in kept], source_sha256=digests, targets=targets,
+                          sources=sources)
         return batch, list(skips.values())
 
     def _record(self, skips: list[_Skip]) -> None:

@@ -63,8 +63,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_form(request: Request, body: bytes, max_files: int) -> tuple[str, bytes, list[bytes]]:
-    """(instruction, source bytes, candidate bytes) of a multipart/form-data body."""
+async def read_form(request: Request, body: bytes, max_files: int) -> tuple[str, list[bytes], bool, list[bytes]]:
+    """(instruction, source bytes, several, candidate bytes) of a multipart/form-data body: one `source` file part
+    (several = False) or one or more `sources` parts (several = True, in order), exactly one of the two."""
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
     try:
@@ -75,13 +76,18 @@ async def read_form(request: Request, body: bytes, max_files: int) -> tuple[str,
         instruction = form.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise ApiError(400, "invalid request body: instruction: a non-empty form field is required")
-        source = form.get("source")
-        if source is None or isinstance(source, str):
-            raise ApiError(400, "invalid request body: source: a file part (PNG or JPEG) is required")
+        single, several = form.getlist("source"), form.getlist("sources")
+        if bool(single) == bool(several) or len(single) > 1:
+            raise ApiError(400, "invalid request body: source: send exactly one of `source` (one file part) and "
+                                "`sources` (one file part per source image, in order)")
+        parts = single or several
+        if any(isinstance(part, str) for part in parts):
+            name = "source" if single else "sources"
+            raise ApiError(400, f"invalid request body: {name}: file parts (PNG or JPEG) are required")
         candidates = form.getlist("candidates")
         if not candidates or any(isinstance(c, str) for c in candidates):
             raise ApiError(400, "invalid request body: candidates: one or more file parts (PNG or JPEG) are "
                                 "required")
-        return instruction, await source.read(), [await c.read() for c in candidates]
+        return instruction, [await p.read() for p in parts], bool(several), [await c.read() for c in candidates]
     finally:
         await form.close()

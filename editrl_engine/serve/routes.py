@@ -49,8 +49,8 @@ async def read_score_request(state: ServerState, request: Request) -> GroupReque
                             "or multipart/form-data (image files)")
     body = await read_body(request, config.max_body_bytes)
     if media == "multipart/form-data":
-        instruction, source, candidates = await read_form(request, body, config.max_candidates + 1)
-        sources, several = [(source, "source")], False
+        instruction, parts, several, candidates = await read_form(request, body, config.max_candidates + 16)
+        sources = [(part, f"sources[{i}]" if several else "source") for i, part in enumerate(parts)]
         decode = decode_image                  # (bytes, field name, pixel limit)
     else:
         parsed = parse_json(body, schemas.ScoreRequest)

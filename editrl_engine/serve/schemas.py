@@ -120,7 +120,9 @@ MULTIPART_SCORE_SCHEMA = {
     "required": ["instruction", "source", "candidates"],
     "properties": {
         "instruction": {"type": "string", "minLength": 1},
-        "source": {"type": "string", "format": "binary", "description": "PNG or JPEG file"},
+        "source": {"type": "string", "format": "binary", "description": "PNG or JPEG file (or, instead, `sources`: "
+                                                                          "one file part per source image, in "
+                                                                          "order, for a reward that takes several)"},
         "candidates": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
                        "description": "PNG or JPEG files, one form part each"},
     },
