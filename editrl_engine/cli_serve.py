@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import InputError, MissingPathError, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
-FAMILIES = ("flux-kontext", "qwen-image-edit", "qwen-image-edit-plus")   # = policy.FAMILIES (a test checks)
+FAMILIES = ("flux-kontext", "qwen-image-edit", "qwen-image-edit-plus", "flux2")   # = policy.FAMILIES (a test checks)
 
 
 def _model_arguments(parser: argparse.ArgumentParser, policy_required: bool, reward_required: bool = True) -> None:

@@ -70,8 +70,11 @@ def test_rerank_offers_every_policy_family():
     assert set(FAMILIES) == set(POLICY_FAMILIES)
 
 
-@pytest.mark.parametrize("family", ["qwen-image-edit", "qwen-image-edit-plus"])
+@pytest.mark.parametrize("family", ["qwen-image-edit", "qwen-image-edit-plus", "flux2"])
 def test_rerank_works_with_each_family(tmp_path, source, family):
+    if family == "flux2":                                  # FLUX.2's image processor takes 64 pixels a side or more
+        source = tmp_path / "source64.png"
+        noisy(11, 64).save(source)
     out = tmp_path / "out"
     run("rerank", "--policy", "tiny", "--family", family, "--reward", "mllm_logit", "--reward-preset", "tiny",
         "--n", "2", "--steps", "2", "--seed", "5", "--save-candidates", "--out", str(out), str(source), "make it red")

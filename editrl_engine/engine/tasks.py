@@ -77,7 +77,7 @@ class TaskSet:
 
 
 SINGLE_SOURCE_FIXES = {
-    "policy": "set policy.family = \"qwen-image-edit-plus\", which takes several reference images",
+    "policy": "set policy.family = \"qwen-image-edit-plus\" or \"flux2\", which take several reference images",
     "reward": "use a VLM judge with the project's prompts (mllm_logit, verifier, or editscore with templates = "
               "\"project\"), which show every source image",
 }

@@ -18,6 +18,7 @@ FAMILIES = {
     "flux-kontext": "editrl_engine.policy.flux_kontext",
     "qwen-image-edit": "editrl_engine.policy.qwen_image_edit",
     "qwen-image-edit-plus": "editrl_engine.policy.qwen_image_edit_plus",           # 2509 / 2511, several references
+    "flux2": "editrl_engine.policy.flux2",                                         # FLUX.2 dev and klein
 }
 
 

@@ -55,14 +55,14 @@ def single_sources(family: str, sources: Sequence) -> Sequence:
         if isinstance(source, (list, tuple)):
             if len(source) != 1:
                 raise ValueError(f"{family} takes one source image per sample, but sample {index} has "
-                                 f"{len(source)}; use qwen-image-edit-plus for edits of several source images")
+                                 f"{len(source)}; use qwen-image-edit-plus or flux2 for edits of several source images")
             source = source[0]
         out.append(source)
     return out
 
 
 class EditPolicy(abc.ABC):
-    multi_source: bool = False          # encode takes a list of source images per sample (qwen-image-edit-plus)
+    multi_source: bool = False          # encode takes a list of source images per sample (qwen-image-edit-plus, flux2)
     """An instruction-guided image editor built on a flow-matching transformer."""
 
     family: str

@@ -29,6 +29,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "flux-kontext": _ATTENTION + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
     "qwen-image-edit": _ATTENTION,
     "qwen-image-edit-plus": _ATTENTION,                         # the same transformer as Qwen-Image-Edit
+    "flux2": _ATTENTION + ("attn.to_qkv_mlp_proj",),            # + the single-stream blocks' fused projection
 }
 NFT_DECAY_SCHEDULES = ("default", "delayed")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"

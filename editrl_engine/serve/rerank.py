@@ -122,8 +122,8 @@ def rerank(policy: EditPolicy, reward: RewardModel, source, instruction: str, n:
     """Sample n edits of (source, instruction) with the policy, score them with the reward, pick the best.
 
     source: a PIL image, a uint8 tensor [3, H, W], a uint8 NumPy array [H, W, 3] or an image path; or a list of
-    them (several source images of one edit, for a policy that takes them: qwen-image-edit-plus), passed as a list
-    to policy.encode and reward.score_groups.
+    them (several source images of one edit, for a policy that takes them: qwen-image-edit-plus, flux2), passed as
+    a list to policy.encode and reward.score_groups.
     Candidate i is drawn from seed + i.
     batch_size bounds the rows per transformer call while sampling (None: all n at once)."""
     if not isinstance(instruction, str) or not instruction.strip():

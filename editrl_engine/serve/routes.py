@@ -106,7 +106,7 @@ async def _rerank(exchange: Exchange, request: Request) -> Response:
     several = parsed.sources is not None
     if several and not getattr(state.policy, "multi_source", False):
         raise ApiError(400, f"sources: the server's policy ({state.family}) takes one source image per request; "
-                            "send `source`, or serve qwen-image-edit-plus for edits of several source images")
+                            "send `source`, or serve qwen-image-edit-plus or flux2 for edits of several source images")
     if several and not getattr(state.reward, "multi_source", False):
         raise ApiError(400, f"sources: the server's reward ({state.kind}) takes one source image per request; "
                             "send `source`")
