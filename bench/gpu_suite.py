@@ -211,6 +211,12 @@ PLAN: tuple[Step, ...] = (
                ("--device", "cuda", "--sizes", "1024", "--batch", "2", "--repeats", "2", "--compile", "eager",
                 "--attention", "cudnn,flash", "--rollouts", "grpo", "--loader-images", "0", "--merge"),
                120, "1024² rows merged into rollout-<gpu>.json (the matmul-share target)", extra=True, min_s=60),
+    bench_step("rollout_families", "bench/rollout.py",
+               ("--device", "cuda", "--family", "qwen-image-edit-plus,flux2", "--sizes", "512", "--batch", "2",
+                "--repeats", "2", "--compile", "eager", "--attention", "cudnn,flash", "--loader-images", "0",
+                "--merge"),
+               300, "Qwen-Image-Edit-2509 and FLUX.2 [klein] 4B sized rows (1 and 2 references, built on the host) "
+                    "merged into rollout-<gpu>.json", extra=True, min_s=180),
 )
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark of rollouts (editrl_engine.policy.samplers) on FLUX.1-Kontext, and of the edit-data loaders.
+"""Benchmark of rollouts (editrl_engine.policy.samplers) per policy family, and of the edit-data loaders.
 
-Rollouts. A FLUX.1-Kontext policy with random weights samples B images of one (source, instruction) pair:
+Rollouts. A policy with random weights samples B images of one (source, instruction) pair, for each family of
+--family (FAMILIES below; each with its tiny preset on CPU and its released sizes on CUDA; the families that take
+several reference images are measured with 1 and 2 references):
   grpo   Flow-GRPO: an SDE step (ops.sde_step, noise_level 0.9) at every step but the last, log-probs kept
   nft    DiffusionNFT: deterministic DPM-Solver++(2M), only x0 kept
 for every attention backend that runs here (editrl_engine.policy.attention; one that cannot run is a row with
@@ -15,8 +17,8 @@ rollout's time in the same (median) rollout, and "non-fwd %" = what is left (the
 concatenation and slicing, host overhead and stalls); forward TFLOP/s = FLOPs of one forward (counted with
 torch.utils.flop_counter on the math attention kernel, so every backend is credited with the same work) / the
 median forward time, and "% matmul" compares it with a large matmul measured in the same run and dtype.
-Targets (CUDA, FLUX-sized): the best backend's non-forward share < 3 % of rollout time at each size; forward
->= 60 % of the measured bf16 matmul throughput at 1024² with the best backend.
+Targets (CUDA, FLUX.1-Kontext-dev sized rows): the best backend's non-forward share < 3 % of rollout time at each
+size; forward >= 60 % of the measured bf16 matmul throughput at 1024² with the best backend.
 
 Loaders. Decoded images/s of editrl_engine.data's EditLoader (read, check, decode, resize, collate) with the
 "pillow" and "dali" backends on the CPU, over JPEGs this script writes (editrl_engine.data.throughput).
@@ -60,11 +62,17 @@ from common import (
 from editrl_engine.policy import attention, samplers
 
 DEFAULTS = {  # per device type: model preset, dtype, image sizes, images per rollout (per size), repeats
-    "cuda": dict(model="flux.1-kontext-dev", dtype="bfloat16", sizes=[512, 1024], batch={512: 8, 1024: 2},
+    "cuda": dict(model="full", dtype="bfloat16", sizes=[512, 1024], batch={512: 8, 1024: 2},
                  repeats=3),
     "cpu": dict(model="tiny", dtype="float32", sizes=[64, 128], batch={64: 4, 128: 4}, repeats=3),
 }
 QUICK = dict(model="tiny", sizes=[32], batch=2, steps=3, repeats=1)
+# family -> its released sizes' preset, its tiny preset, the reference counts measured, the smallest image side
+FAMILIES = {
+    "flux-kontext": dict(full="flux.1-kontext-dev", tiny="tiny", references=(1,), min_size=16),
+    "qwen-image-edit-plus": dict(full="qwen-image-edit-2509", tiny="tiny", references=(1, 2), min_size=32),
+    "flux2": dict(full="flux.2-klein-4b", tiny="tiny", references=(1, 2), min_size=64),
+}
 ROLLOUTS = ("grpo", "nft")
 GRPO_NOISE_LEVEL = 0.9          # Flow-GRPO's value for FLUX / Kontext
 NON_FORWARD_TARGET_PCT = 3.0
@@ -75,9 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run: auto picks CUDA when torch sees a GPU (default: auto)")
-    parser.add_argument("--model", choices=("tiny", "flux.1-kontext-dev"),
-                        help="FLUX.1-Kontext preset with random weights (default: flux.1-kontext-dev on CUDA, "
-                             "tiny on CPU)")
+    parser.add_argument("--model", choices=("tiny", "full", "flux.1-kontext-dev"),
+                        help="presets with random weights: tiny, or full (each family's released sizes; "
+                             "flux.1-kontext-dev is the same) (default: full on CUDA, tiny on CPU)")
+    parser.add_argument("--family", type=lambda text: text.split(","), default=[],
+                        help=f"comma-separated policy families: {','.join(FAMILIES)} (default: all on CPU, "
+                             "flux-kontext on CUDA, where each released-size model takes minutes to build)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="weights and compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--sizes", type=lambda text: [int(s) for s in text.split(",")],
@@ -104,18 +115,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke run in about a minute: tiny model at 32², batch 2, 3 steps, 1 repeat, eager, "
                              "the loaders on 16 small images")
     args = parser.parse_args(argv)
-    unknown = [r for r in args.rollouts if r not in ROLLOUTS] + \
+    unknown = [r for r in args.rollouts if r not in ROLLOUTS] + [f for f in args.family if f not in FAMILIES] + \
               [b for b in args.attention if b not in attention.BACKENDS] + \
               [c for c in args.compile if c not in ("eager", "compile")]
     if unknown:
-        parser.error(f"unknown rollout, attention backend or compile mode: {', '.join(unknown)}")
+        parser.error(f"unknown rollout, family, attention backend or compile mode: {', '.join(unknown)}")
     return args
 
 
 def settings(args: argparse.Namespace, device: torch.device) -> dict:
     """The run's model, dtype, sizes, batch per size, steps, repeats: the options, else the device's defaults."""
     base = DEFAULTS[device.type]
-    chosen = dict(model=args.model or base["model"], dtype=getattr(torch, args.dtype or base["dtype"]),
+    chosen = dict(model={"flux.1-kontext-dev": "full"}.get(args.model, args.model) or base["model"],
+                  dtype=getattr(torch, args.dtype or base["dtype"]),
+                  families=args.family or (list(FAMILIES) if device.type == "cpu" else ["flux-kontext"]),
                   sizes=args.sizes or base["sizes"], steps=args.steps, repeats=args.repeats or base["repeats"],
                   compile=args.compile, attention=args.attention)
     chosen["batch"] = {s: args.batch or base["batch"].get(s, min(base["batch"].values())) for s in chosen["sizes"]}
@@ -187,7 +200,7 @@ def forward_flops(policy, timer: ForwardTimer, batch: int, image_size: int) -> f
     kernel (which runs as countable matmuls), times the batch."""
     from torch.utils.flop_counter import FlopCounterMode
     backend = policy.attention_backend
-    policy.set_attention("math", (image_size, image_size))
+    set_backend(policy, "math", image_size)
     try:
         args = [first_row(a, batch) for a in timer.args]
         kwargs = {k: first_row(v, batch) for k, v in timer.kwargs.items()}
@@ -195,7 +208,7 @@ def forward_flops(policy, timer: ForwardTimer, batch: int, image_size: int) -> f
             policy.transformer(*args, **kwargs)                 # compiled blocks run their eager code here
         return float(counter.get_total_flops()) * batch
     finally:
-        policy.set_attention(backend, (image_size, image_size))
+        set_backend(policy, backend, image_size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,39 +264,80 @@ def random_sources(size: int, count: int, seed: int) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8) for _ in range(count)]
 
 
+def set_backend(policy, backend: str, size: int) -> None:
+    """Route the transformer through `backend`, probed at size x size (the Qwen families probe at target_area)."""
+    if policy.family.startswith("qwen-image-edit"):
+        policy.target_area = size * size
+        policy.set_attention(backend)
+    else:
+        policy.set_attention(backend, (size, size))
+
+
+def load_family(family: str, model: str, device: torch.device, dtype: torch.dtype, attention_backend: str):
+    """The family's policy with random weights: its tiny preset, or its released sizes (model "full")."""
+    from editrl_engine.policy import load_policy
+    return load_policy(family, preset=FAMILIES[family]["tiny" if model == "tiny" else "full"], device=device,
+                       dtype=dtype, attention=attention_backend)
+
+
+def encode_at(policy, size: int, references: int):
+    """One (source, instruction) pair of `references` source images, edited at size x size."""
+    sources = random_sources(size, references, size)
+    if policy.family == "flux-kontext":
+        return policy.encode(sources[:1], ["turn the red square blue"], size=(size, size))
+    if policy.family == "qwen-image-edit-plus":
+        policy.target_area = policy.reference_area = size * size
+    return policy.encode([sources if references > 1 else sources[0]], ["turn the red square blue"])
+
+
 def run_rollouts(config: dict, device: torch.device, log) -> tuple[list[dict], dict]:
-    from editrl_engine.policy import flux_kontext
-    policy = flux_kontext.load(preset=config["model"], device=device, dtype=config["dtype"],
-                               attention=config["attention"][0] if device.type == "cpu" else "sdpa")
-    log(f"built {config['model']} ({sum(p.numel() for p in policy.transformer.parameters()) / 1e6:.1f} M transformer "
-        f"parameters, {str(config['dtype']).removeprefix('torch.')}) on {device}")
+    rows, metadata = [], {}
+    for family in config["families"]:
+        spec = FAMILIES[family]
+        try:
+            policy = load_family(family, config["model"], device, config["dtype"],
+                                 config["attention"][0] if device.type == "cpu" else "sdpa")
+        except Exception as exc:  # a family that cannot be built here is a row with the reason
+            rows.append({"family": family, "references": 1, "size": 0, "attention": "-", "compile": "-",
+                         "rollout": "-", "batch": 0, "steps": config["steps"], "error": error_text(exc)})
+            continue
+        log(f"built {family} {config['model']} ({sum(p.numel() for p in policy.transformer.parameters()) / 1e6:.1f} M "
+            f"transformer parameters, {str(config['dtype']).removeprefix('torch.')}) on {device}")
+        sizes = [size for size in config["sizes"] if size >= spec["min_size"]]
+        rows += family_rows(policy, config, sizes, spec["references"], device, log)
+        metadata[family] = policy.metadata()
+        del policy
+    return rows, metadata
+
+
+def family_rows(policy, config: dict, sizes: list[int], references: tuple[int, ...], device: torch.device,
+                log) -> list[dict]:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # a graph per backend
-    conds = {size: policy.encode(random_sources(size, 1, size), ["turn the red square blue"], size=(size, size))
-             for size in config["sizes"]}
+    conds = {(size, k): encode_at(policy, size, k) for size in sizes for k in references}
     rows, flops_cache = [], {}
     for mode in config["compile"]:
         if mode == "compile":
             policy.compile_transformer(dynamic=False)
-        for size in config["sizes"]:
+        for (size, k), cond in conds.items():
             batch = config["batch"][size]
             for backend in config["attention"]:
-                base = {"size": size, "attention": backend, "compile": mode, "batch": batch, "steps": config["steps"],
-                        "tokens": conds[size].latent_shape[0]}
+                base = {"family": policy.family, "references": k, "size": size, "attention": backend,
+                        "compile": mode, "batch": batch, "steps": config["steps"], "tokens": cond.latent_shape[0]}
                 try:
-                    policy.set_attention(backend, (size, size))
+                    set_backend(policy, backend, size)
                 except RuntimeError as exc:
                     rows += [{**base, "rollout": kind, "error": f"cannot run here: {error_text(exc)}"}
                              for kind in config["rollouts"]]
                     continue
                 for kind in config["rollouts"]:
-                    log(f"  {mode} {size}² {backend} {kind} x{batch}")
+                    log(f"  {policy.family} x{k} {mode} {size}² {backend} {kind} x{batch}")
                     try:
-                        measured = measure_row(policy, conds[size], kind, size, batch, config["steps"],
-                                               config["repeats"], device, flops_cache)
+                        measured = measure_row(policy, cond, kind, size, batch, config["steps"], config["repeats"],
+                                               device, flops_cache.setdefault(k, {}))
                         rows.append({**base, "rollout": kind, **measured, "error": None})
                     except Exception as exc:  # a failing backend or compile is a row, not the end of the run
                         rows.append({**base, "rollout": kind, "error": error_text(exc)})
-    return rows, policy.metadata()
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -346,9 +400,10 @@ def describe_row(row: dict | None) -> str:
 
 def evaluate_targets(rows: list[dict], device: torch.device, model: str) -> list[dict]:
     """The issue's GPU targets; passed = null (not evaluated) off CUDA or with a model that is not FLUX-sized."""
-    evaluated = device.type == "cuda" and model == "flux.1-kontext-dev"
+    evaluated = device.type == "cuda" and model == "full"
     not_evaluated = None if evaluated else ("GPU target: not evaluated on CPU (tiny model)" if device.type != "cuda"
                                             else f"not evaluated with the {model!r} model")
+    rows = [r for r in rows if r.get("family", "flux-kontext") == "flux-kontext"]   # the targets are Kontext's
     ok = [r for r in rows if r.get("error") is None]
     targets = []
     for size in sorted({r["size"] for r in rows}):
@@ -376,9 +431,10 @@ def fmt(value, digits=1) -> str:
 
 
 def rollout_table(rows: list[dict]) -> str:
-    headers = ["size", "attention", "compile", "rollout", "batch", "img/s", "rollout ms", "fwd ms", "fwd/rollout",
-               "non-fwd %", "TFLOP/s", "% matmul", "error"]
-    body = [[str(r["size"]), r["attention"], r["compile"], r["rollout"], str(r["batch"]),
+    headers = ["family", "refs", "size", "attention", "compile", "rollout", "batch", "img/s", "rollout ms", "fwd ms",
+               "fwd/rollout", "non-fwd %", "TFLOP/s", "% matmul", "error"]
+    body = [[r.get("family", "flux-kontext"), str(r.get("references", 1)), str(r["size"]), r["attention"],
+             r["compile"], r["rollout"], str(r["batch"]),
              fmt(r.get("images_per_s"), 2), fmt(r.get("rollout_ms")), fmt(r.get("forward_ms"), 2),
              str(r.get("forwards_per_rollout", "-")), fmt(r.get("non_forward_pct")), fmt(r.get("forward_tflops"), 3),
              fmt(r.get("pct_of_matmul")), (r["error"] or "")[:60]] for r in rows]
@@ -396,7 +452,8 @@ def merged(previous: dict | None, rows: list[dict], loaders: list[dict]) -> tupl
     """This run's rows plus the earlier run's rows with other keys (only with --merge, same device)."""
     if previous is None:
         return rows, loaders
-    key = lambda r: (r["size"], r["attention"], r["compile"], r["rollout"])
+    key = lambda r: (r.get("family", "flux-kontext"), r.get("references", 1), r["size"], r["attention"], r["compile"],
+                     r["rollout"])
     mine = {key(r) for r in rows}
     kept = [r for r in previous.get("rows", []) if key(r) not in mine]
     return kept + rows, loaders or previous.get("loaders", [])
@@ -431,9 +488,9 @@ def main(argv: list[str] | None = None) -> int:
                 row[k] = finite_or_none(v)
     notes = []
     if device.type == "cpu":
-        notes.append("CPU run with the tiny model: the GPU targets (non-forward share < 3 %, forward >= 60 % of the "
+        notes.append("CPU run with the tiny models: the GPU targets (non-forward share < 3 %, forward >= 60 % of the "
                      "bf16 matmul ceiling at 1024²) are not evaluated; a 0.1 M-parameter transformer's numbers say "
-                     "nothing about a 12 B one on a GPU")
+                     "nothing about a released model on a GPU")
         if busy is not None and busy > 0.1:
             notes.append(f"other processes kept {100 * busy:.0f} % of the CPUs busy just before the run: timings "
                          "are noisier and slower than on an idle machine")
@@ -446,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                    "dtype": str(config["dtype"]).removeprefix("torch."),
                    "batch": {str(k): v for k, v in config["batch"].items()},
                    "grpo_noise_level": GRPO_NOISE_LEVEL, "quick": args.quick},
-        "policy": json.loads(json.dumps(policy_metadata, default=str)),
+        "policy": json.loads(json.dumps(next(iter(policy_metadata.values()), {}), default=str)),
+        "policies": json.loads(json.dumps(policy_metadata, default=str)),
         "method": {"timer": "cuda events" if device.type == "cuda" else "time.perf_counter", "statistic": "median",
                    "repeats": config["repeats"], "flops": "torch.utils.flop_counter on the math attention kernel"},
         "matmul_ceiling": ceiling, "rows": rows, "loaders": loaders,
@@ -454,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json_atomic(out, report)
 
-    print(f"rollouts: {config['model']} on {device_info['name']}, {report['config']['dtype']}, "
+    print(f"rollouts: {','.join(config['families'])}, {config['model']} presets on {device_info['name']}, "
+          f"{report['config']['dtype']}, "
           f"{config['steps']} steps, median of {config['repeats']}; matmul ceiling {ceiling['tflops']:.3g} TFLOP/s "
           f"(n={n})")
     print(rollout_table(rows))

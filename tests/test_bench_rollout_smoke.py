@@ -30,10 +30,13 @@ def test_quick_run_writes_a_complete_report(tmp_path):
 
     measured = [row for row in report["rows"] if row["error"] is None]
     assert {row["rollout"] for row in measured} == {"grpo", "nft"}
+    assert {(row["family"], row["references"]) for row in measured} == {
+        ("flux-kontext", 1), ("qwen-image-edit-plus", 1), ("qwen-image-edit-plus", 2)}   # flux2 needs >= 64 px
+    assert set(report["policies"]) == {"flux-kontext", "qwen-image-edit-plus", "flux2"}
     for row in measured:
         for key in ("rollout_ms", "images_per_s", "forward_ms", "forward_flops", "forward_tflops", "pct_of_matmul"):
             assert positive(row[key]), (key, row)
-        assert row["forwards_per_rollout"] == row["steps"] == 3
+        assert row["forwards_per_rollout"] == row["steps"] == 3             # the tiny Qwen presets: no CFG
         assert math.isfinite(row["non_forward_pct"])
 
     assert {row["backend"] for row in report["loaders"]} == {"pillow", "dali"}

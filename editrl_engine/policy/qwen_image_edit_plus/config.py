@@ -54,4 +54,5 @@ TINY = QwenImageEditPlusConfig(
 PRESETS: dict[str, QwenImageEditPlusConfig] = {
     "tiny": TINY,                                                                             # 2509-like
     "tiny-2511": dataclasses.replace(TINY, transformer=dataclasses.replace(TINY.transformer, zero_cond_t=True)),
+    "qwen-image-edit-2509": QwenImageEditPlusConfig(),          # the released sizes, random weights (benchmarks)
 }
