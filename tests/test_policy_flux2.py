@@ -4,6 +4,7 @@ the schedule, decode), a sample the same alone or batched, folder loading and it
 pipeline.load_lora_weights -> the same velocity."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 
@@ -226,3 +227,25 @@ def test_lora_saved_loads_into_the_pipeline_with_the_same_velocity(tmp_path, pre
     pipeline.load_lora_weights(str(tmp_path))
     with torch.no_grad():
         torch.testing.assert_close(fresh.velocity(x, t, rows), adapted, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bf16_difference_from_the_pipeline_is_measured(preset, record_property, capsys):
+    """In bf16 both sides round differently (the policy keeps its latents in float32 between steps, the pipeline in
+    bf16): the difference is stated, not asserted to fp32 precision."""
+    model = load_policy("flux2", preset=preset, dtype=torch.bfloat16)
+    pipe, refs = pipeline_of(model), references(12, 2)
+    cond = model.encode([refs], INSTRUCTIONS[:1])
+    noise = model.noise(cond, [torch.Generator().manual_seed(7)])
+    with torch.no_grad():
+        theirs = pipeline_call(model, pipe, refs, noise.to(torch.bfloat16), cond, "latent").float()
+        ours = euler(model, cond, noise, 2)
+    if model.variant == "klein":
+        mean, std = model._batch_norm(grid(model, ours, cond))
+        ours = model.pipeline_class._unpatchify_latents(grid(model, ours, cond) * std.float() + mean.float())
+    difference = float((ours - theirs).abs().max())
+    scale = float(theirs.abs().max())
+    record_property(f"flux2_{preset}_bf16_max_abs_difference", difference)
+    with capsys.disabled():
+        print(f"\n[flux2 {preset} bf16] max |ours - pipeline| = {difference:.3g} (latents up to {scale:.3g})")
+    assert math.isfinite(difference) and difference < 0.1 * scale

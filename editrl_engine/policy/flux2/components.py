@@ -59,10 +59,16 @@ class Components:
         return {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.text_encoder}
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Components":
-        for module in self.modules().values():
-            module.to(device=device)
-            if any(p.dtype != dtype for p in module.parameters()):
-                module.to(dtype=dtype)
+        from diffusers.utils import logging as diffusers_logging
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()     # its FLUX.2 models warn on every cast about an empty fp32 list
+        try:
+            for module in self.modules().values():
+                module.to(device=device)
+                if any(p.dtype != dtype for p in module.parameters()):
+                    module.to(dtype=dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
         return self
 
     def pipeline(self):
