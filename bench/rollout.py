@@ -295,8 +295,8 @@ def run_rollouts(config: dict, device: torch.device, log) -> tuple[list[dict], d
     for family in config["families"]:
         spec = FAMILIES[family]
         try:
-            policy = load_family(family, config["model"], device, config["dtype"],
-                                 config["attention"][0] if device.type == "cpu" else "sdpa")
+            policy = load_family(family, config["model"], device, config["dtype"], "math" if device.type == "cpu"
+                                 else "sdpa")                         # each row then sets its own backend
         except Exception as exc:  # a family that cannot be built here is a row with the reason
             rows.append({"family": family, "references": 1, "size": 0, "attention": "-", "compile": "-",
                          "rollout": "-", "batch": 0, "steps": config["steps"], "error": error_text(exc)})
