@@ -221,8 +221,10 @@ from .cli_serve import (  # noqa: E402  (argparse only; the server loads when it
     remote_reward_arguments,
     remote_reward_from,
 )
+from .cli_verifier import add_demo_verifier, add_train_verifier  # noqa: E402
 
-COMMANDS = (_add_eval, _add_train, _add_demo, _add_pretrain_demo, add_rerank, add_serve)
+COMMANDS = (_add_eval, _add_train, _add_demo, _add_pretrain_demo, add_rerank, add_serve, add_train_verifier,
+            add_demo_verifier)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "editrl_engine"
-CLI = {"editrl_engine.cli", "editrl_engine.cli_serve"}
+CLI = {"editrl_engine.cli", "editrl_engine.cli_serve", "editrl_engine.cli_verifier"}
 MODEL_PACKAGES = ("editrl_engine.policy", "editrl_engine.vlm", "editrl_engine.reward", "diffusers", "transformers",
                   "peft")
 
@@ -56,10 +56,12 @@ def test_the_modules_were_found():
 
 
 @pytest.mark.parametrize("importer, forbidden", [
-    ("editrl_engine.engine", ("editrl_engine.serve",)),
+    ("editrl_engine.engine", ("editrl_engine.serve", "editrl_engine.verifier_train")),
+    ("editrl_engine.verifier_train", ("editrl_engine.serve", "editrl_engine.policy", "editrl_engine.engine.trainer")),
     ("editrl_engine.serve", ("editrl_engine.engine",)),
     ("editrl_engine.policy", ("editrl_engine.engine", "editrl_engine.reward", "editrl_engine.serve")),
-    ("editrl_engine.reward", ("editrl_engine.engine", "editrl_engine.policy", "editrl_engine.serve")),
+    ("editrl_engine.reward", ("editrl_engine.engine", "editrl_engine.policy", "editrl_engine.serve",
+                               "editrl_engine.verifier_train")),
     ("editrl_engine.algo", ("editrl_engine.engine", "editrl_engine.policy", "editrl_engine.reward")),
     ("editrl_engine.data", ("editrl_engine.engine", "editrl_engine.serve")),
     ("editrl_engine.vlm", ("editrl_engine.engine", "editrl_engine.serve", "editrl_engine.policy")),

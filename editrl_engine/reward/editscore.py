@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -270,7 +271,9 @@ def merge_lora(model: torch.nn.Module, adapter: str | os.PathLike) -> torch.nn.M
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
         raise FileNotFoundError(f"LoRA adapter folder {adapter!r} has no adapter_config.json (expected what peft's "
                                 f"save_pretrained writes)")
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval().requires_grad_(False)
+    with warnings.catch_warnings():           # peft reads a property transformers deprecated; not ours to fix
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval().requires_grad_(False)
 
 
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",

@@ -242,15 +242,19 @@ class VerifierReward(RewardModel):
 def load(path: str | os.PathLike | None = None, preset: str | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.float32, backend: str = "eager", *, seed: int = 0, family: str | None = None,
          sampling: Sampling | dict | None = None, batch_size: int = 8, max_image_pixels: int = 512 * 512,
-         generate_principles: bool = True) -> VerifierReward:
+         generate_principles: bool = True, lora: str | os.PathLike | None = None) -> VerifierReward:
     """From a local Qwen2.5-VL or Qwen3-VL folder (`path`; `family` read from its config.json unless given) or a
     preset ("tiny": random weights, tokenizer learnt on the prompts). sampling: a Sampling or its fields as a dict
-    (greedy, 1024 new tokens by default)."""
+    (greedy, 1024 new tokens by default). lora: a peft adapter folder (e.g. `editrl train-verifier`'s run/lora)
+    merged into the model at load."""
     if backend not in BACKENDS:
         raise NotImplementedError(f"verifier backend {backend!r} is not implemented yet; available: "
                                   f"{', '.join(BACKENDS)}")
     sampling = Sampling(**sampling) if isinstance(sampling, dict) else sampling or Sampling()
     vlm = load_vlm(path=path, preset=preset, device=device, dtype=dtype, family=family, seed=seed,
                           templates=(vp.PRINCIPLES_TEMPLATE, vp.VERDICT_TEMPLATE))
+    if lora is not None:
+        from .editscore import merge_lora
+        vlm = dataclasses.replace(vlm, model=merge_lora(vlm.model, lora), origin=f"{vlm.origin}+lora:{lora}")
     generator = VLMGenerator(vlm, sampling, batch_size=batch_size, max_image_pixels=max_image_pixels)
     return VerifierReward(generator, generate_principles=generate_principles, origin=vlm.origin)
