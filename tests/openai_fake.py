@@ -1,8 +1,10 @@
 """A scripted OpenAI-compatible chat-completions server on loopback, for the remote-judge tests.
 
 Each request is answered by the next step of the fake's script (the last step repeats): a dict is the JSON answer;
-("status", code, headers) answers that status; ("stall", seconds) waits, then answers the default; "not_json"
-answers 200 with a body that is not JSON. Every request body is recorded, with the port it arrived on.
+a callable gives the answer from the request body; ("status", code, headers) answers that status; ("stall",
+seconds[, answer]) waits, then answers (by default the text "late"); "not_json" answers 200 with a body that is not
+JSON. Every request body is recorded, with the port it arrived on and its headers; `peak` is the most requests it
+held at once.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class FakeServer:
     def __init__(self, script: list, port: int = 0):
         self.script, self.requests, self.lock = list(script), [], threading.Lock()
         self.port, self.server = port, None
+        self.active = self.peak = 0                 # requests being answered now, and the most at once
         self.start()
 
     @property
@@ -56,9 +59,15 @@ class FakeServer:
             with self.lock:
                 self.requests.append((self.port, body, dict(request.headers)))
                 step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-            if isinstance(step, tuple) and step[0] == "stall":
-                await asyncio.sleep(step[1])
-                step = text_answer("late")
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                if isinstance(step, tuple) and step[0] == "stall":
+                    await asyncio.sleep(step[1])
+                    step = step[2] if len(step) > 2 else text_answer("late")
+            finally:
+                with self.lock:
+                    self.active -= 1
             if isinstance(step, tuple) and step[0] == "status":
                 return JSONResponse({"detail": "scripted"}, status_code=step[1], headers=step[2] if len(step) > 2
                                     else None)

@@ -6,6 +6,7 @@ endpoints with one down (every group served by the other, each group on one endp
 never stored."""
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -135,6 +136,10 @@ def test_the_api_key_is_sent_and_never_stored(fakes, monkeypatch):
     reward.score([image(0)], ["x"], [image(1)])
     assert server.requests[0][2]["authorization"] == "Bearer s3cret-key"
     assert "s3cret" not in repr(reward.metadata()) and "s3cret" not in repr(reward.chat.transport)
+    for kind in ("editscore", "verifier"):                               # the generative judges likewise
+        judge = load_reward(kind, endpoint=server.url, model="fake-judge", api_key_env="JUDGE_KEY", **FAST)
+        assert judge.metadata()["remote"]["model"] == "fake-judge" and "s3cret" not in repr(judge.metadata())
+        assert "s3cret" not in repr(judge) and "s3cret" not in repr(vars(judge))
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(InputError, match="JUDGE_KEY"):
         logit_judge(server, api_key_env="JUDGE_KEY")
@@ -148,6 +153,9 @@ def test_editscore_sends_greedy_and_sampled_calls_and_parses_the_answers(fakes):
     assert len(bodies) == 4 and {b["seed"] for b in bodies} == {42, 43}            # SC + PQ per pass
     assert all(b["temperature"] == 0.7 and b["top_p"] == 0.9 and b["top_k"] == 20 for b in bodies)
     assert batch.failures == 0 and batch.details[0]["sc"] == pytest.approx(min(8, 6) * 10 / 25)   # min, 0-25 -> 0-10
+    counters = reward.stats()["endpoints"][server.url]
+    assert counters["requests"] == 4 and counters["failures"] == counters["retries"] == 0 and counters["healthy"]
+    assert reward.metadata()["origin"] == "remote" and reward.metadata()["remote"] == reward.stats()
     greedy = load_reward("editscore", endpoint=server.url, model="fake-judge", greedy=True, send_top_k=False,
                          **FAST)
     greedy.score([image(0)], ["add a hat"], [image(1)])
@@ -171,3 +179,77 @@ def test_bad_settings_are_refused():
         load_reward("mllm_logit", endpoint="http://127.0.0.1:1/v1", preset="tiny")
     with pytest.raises(InputError, match="retries"):
         load_reward("mllm_logit", endpoint="http://127.0.0.1:1/v1", model="m", retries=-1)
+    with pytest.raises(InputError, match="does not take lora"):
+        load_reward("verifier", endpoint="http://127.0.0.1:1/v1", model="m", lora="/adapters/verifier")
+    with pytest.raises(InputError, match="does not take layot"):
+        load_reward("mllm_logit", endpoint="http://127.0.0.1:1/v1", model="m", layot="interleaved")
+
+
+def test_the_verifier_asks_for_principles_then_verdicts_with_the_in_process_prompts(fakes):
+    from editrl_engine.reward import verifier_prompts as vp
+    from editrl_engine.reward.chat import from_messages
+    principles = [{"kind": "follow", "text": "the cat wears a hat"}, {"kind": "keep", "text": "the background"},
+                  {"kind": "keep", "text": "the cat's face"}, {"kind": "quality", "text": "no artifacts"}]
+    verdicts = {"reasoning": "mostly right", "final_score": 7, "verdicts": [
+        {"id": 1, "verdict": "pass", "score": 8}, {"id": 2, "verdict": "partial", "score": 5},
+        {"id": 3, "verdict": "pass", "score": 9}, {"id": 4, "verdict": "pass", "score": 6}]}
+
+    def answer(body):                          # the principles call shows the source only; the verdict call both
+        images = sum(p["type"] == "image_url" for m in body["messages"] for p in m["content"])
+        return text_answer(json.dumps({"principles": principles} if images == 1 else verdicts))
+    server = fakes([answer])
+    reward = load_reward("verifier", endpoint=server.url, model="fake-judge", **FAST)
+    batch = reward.score([image(0)], ["put a hat on the cat"], [image(1)])
+    assert batch.failures == 0
+    assert batch.reward[0].item() == pytest.approx((8 * min(5, 9) * 6) ** (1 / 3) / 10, rel=1e-6)  # (F*K*Q)^(1/3)/10
+    first, second = (from_messages(body["messages"]) for _, body, _ in server.requests)
+    chosen = vp.as_principles(principles)
+    assert first[0] == vp.principles_prompt("put a hat on the cat")
+    assert second[0] == vp.verdict_prompt("put a hat on the cat", chosen)
+    assert [np.asarray(im).tolist() for im in second[1]] == [np.asarray(image(s)).tolist() for s in (0, 1)]
+    assert server.requests[0][1]["temperature"] == 0                      # greedy by default, as in-process
+
+
+def test_the_logit_request_carries_the_in_process_prompt_and_pixels(fakes):
+    from editrl_engine.reward.chat import from_messages
+    from editrl_engine.reward.mllm_prompts import load_layout
+    server = fakes([logprob_answer({"4": 1.0})])
+    logit_judge(server).score([[image(0), image(1)]], ["merge them"], [image(2)])   # two sources, one edit
+    prompt, images = from_messages(server.requests[0][1]["messages"])
+    assert prompt == load_layout("interleaved").prompt("merge them", None, 2)
+    assert [np.asarray(im).tolist() for im in images] == [np.asarray(image(s)).tolist() for s in (0, 1, 2)]
+
+
+def test_in_flight_requests_per_endpoint_are_bounded(fakes):
+    server = fakes([("stall", 0.2, logprob_answer({"3": 1.0}))])
+    start = time.monotonic()
+    batch = logit_judge(server, max_in_flight=2).score([image(0)] * 6, ["x"] * 6, [image(s) for s in range(1, 7)])
+    assert batch.failures == 0 and server.peak == 2                      # 6 requests, never more than 2 at once
+    assert time.monotonic() - start >= 3 * 0.2
+
+
+def test_retries_back_off_exponentially(fakes):
+    server = fakes([("status", 503), ("status", 429), logprob_answer({"1": 1.0})])   # no Retry-After: backoff
+    start = time.monotonic()
+    reward = logit_judge(server, backoff_s=0.1, retries=2)
+    batch = reward.score([image(0)], ["x"], [image(1)])
+    assert batch.reward[0].item() == pytest.approx(1 / 5) and len(server.requests) == 3
+    assert time.monotonic() - start >= 0.1 + 0.2                         # waits backoff_s * 2**k
+    assert reward.stats()["endpoints"][server.url]["retries"] == 2
+
+
+def test_a_down_endpoint_is_left_alone_for_down_s_then_probed_again(fakes):
+    first, second = fakes([logprob_answer({"2": 1.0})]), fakes([logprob_answer({"2": 1.0})])
+    reward = logit_judge([first.url, second.url], down_s=0.5, retries=0)
+    first.stop()
+
+    def score_four_groups():
+        return reward.score_groups([image(g) for g in range(4)], [f"i{g}" for g in range(4)],
+                                   [[image(30 + 2 * g + c) for c in range(2)] for g in range(4)])
+    assert score_four_groups().failures == 0 and len(second.requests) == 8
+    first.start()                                                        # back, but still within down_s
+    assert score_four_groups().failures == 0 and len(first.requests) == 0 and len(second.requests) == 16
+    time.sleep(0.6)
+    assert score_four_groups().failures == 0 and len(first.requests) == 4 and len(second.requests) == 20
+    stats = reward.stats()["endpoints"]
+    assert stats[first.url]["down"] == 1 and stats[first.url]["healthy"]

@@ -13,9 +13,10 @@ down_s) and the judge's own options go in as keywords.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from ...errors import InputError
-from .judges import GenerateRemote, RemoteChat, RemoteLogitReward
+from .judges import RemoteChat, RemoteLogitReward
 from .transport import Failure, Transport, TransportConfig
 
 KINDS = ("mllm_logit", "editscore", "verifier")
@@ -31,40 +32,34 @@ def load(kind: str, endpoint: str | list[str], model: str | None = None, api_key
     if not endpoints or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in endpoints):
         raise InputError(f"endpoint must be an http(s) /v1 base URL or a list of them, got {endpoint!r}; e.g. "
                          "endpoint='http://127.0.0.1:8000/v1'")
-    transport = Transport(endpoints, api_key_env=api_key_env, config=TransportConfig(
-        **{k: options.pop(k) for k in TRANSPORT_OPTIONS if k in options}))
+    config = TransportConfig(**{k: options.pop(k) for k in TRANSPORT_OPTIONS if k in options})
+    check_options(kind, options)
+    transport = Transport(endpoints, api_key_env=api_key_env, config=config)
     chat = RemoteChat(transport, model)
     if kind == "mllm_logit":
         return RemoteLogitReward(chat, **options)
     if kind == "editscore":
-        return _editscore(chat, send_top_k, options)
-    return _verifier(chat, send_top_k, options)
+        from .generative import RemoteEditScore
+        return RemoteEditScore(chat, send_top_k, **options)
+    from .generative import RemoteVerifier
+    return RemoteVerifier(chat, send_top_k, **options)
 
 
-def _editscore(chat: RemoteChat, send_top_k: bool, options: dict):
-    from ..editscore import EditScoreReward
-    generate = GenerateRemote(chat, send_top_k)
-
-    def generate_fn(calls, decoding):
-        temperature = decoding.temperature if decoding.do_sample else 0.0
-        fields = generate.fields(decoding.max_new_tokens, temperature, decoding.top_p, decoding.top_k, decoding.seed)
-        return generate([c.text for c in calls], [c.images for c in calls], fields)
-
-    reward = EditScoreReward(None, generate_fn=generate_fn, **options)
-    reward.remote = chat
-    return reward
-
-
-def _verifier(chat: RemoteChat, send_top_k: bool, options: dict):
-    from ..verifier import Sampling, VerifierReward
-    sampling = options.pop("sampling", None)
-    sampling = Sampling(**sampling) if isinstance(sampling, dict) else sampling or Sampling()
-    generate = GenerateRemote(chat, send_top_k)
-    fields = generate.fields(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.top_k,
-                             sampling.seed)
-    reward = VerifierReward(lambda prompts, images: generate(prompts, images, fields), origin="remote", **options)
-    reward.remote = chat
-    return reward
+def check_options(kind: str, options: dict) -> None:
+    """Refuse, by name, an option the remote judge of `kind` does not take (e.g. lora=: weights live on the server)."""
+    if kind == "mllm_logit":
+        takes = set(inspect.signature(RemoteLogitReward).parameters) - {"chat"}
+    elif kind == "editscore":
+        from ..editscore import EditScoreReward
+        takes = set(inspect.signature(EditScoreReward).parameters) - {"vlm", "generate_fn"}
+    else:
+        from ..verifier import VerifierReward
+        takes = set(inspect.signature(VerifierReward).parameters) - {"generate_fn", "origin"} | {"sampling"}
+    unknown = sorted(set(options) - takes)
+    if unknown:
+        raise InputError(f"the remote {kind} judge does not take {', '.join(unknown)} (a served judge's weights, "
+                         f"adapters and devices are the server's); it takes {', '.join(sorted(takes))} and the "
+                         f"transport settings {', '.join(TRANSPORT_OPTIONS)}")
 
 
 __all__ = ["Failure", "KINDS", "RemoteLogitReward", "Transport", "TransportConfig", "load"]

@@ -77,7 +77,18 @@ def digit_logprobs(answer: dict | Failure) -> dict[int, float] | Failure:
     return {r: found[str(r)] for r in RATINGS if str(r) in found}
 
 
-class RemoteLogitReward(RewardModel):
+class RemoteCounters:
+    """stats(): model, endpoints and per-endpoint counters; close(): ends the transport's client and loop."""
+    chat: RemoteChat
+
+    def stats(self) -> dict:
+        return remote_metadata(self.chat)
+
+    def close(self) -> None:
+        self.chat.transport.close()
+
+
+class RemoteLogitReward(RemoteCounters, RewardModel):
     kind = "mllm_logit"
     multi_source = True                     # several source images are shown, labelled (mllm_prompts.py)
 
@@ -143,7 +154,7 @@ class RemoteLogitReward(RewardModel):
         return expected / MAX_RATING, {"probabilities": p, "expected_rating": expected, "digit_mass": mass}
 
     def metadata(self) -> dict:
-        return {"kind": self.kind, "remote": remote_metadata(self.chat), "layout": self.layout.name,
+        return {"kind": self.kind, "remote": self.stats(), "layout": self.layout.name,
                 "jpeg_quality": self.jpeg_quality, "top_logprobs": self.top_logprobs,
                 "min_digit_mass": self.min_digit_mass, "requirement": self.requirement}
 
