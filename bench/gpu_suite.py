@@ -127,6 +127,9 @@ EXCLUDED = {
     "bench/demo.py": "CPU-only acceptance run of the demo (3 seeds x ~2 min); writes demo-cpu.json whatever the device",
     # the demo with staleness 0 vs 1 over three seeds: the same CPU-only tiny editor, six runs
     "bench/demo_staleness.py": "CPU-only: the demo's learning with pipeline.staleness 0 vs 1 (6 runs x ~2 min)",
+    # the verifier-training demo over three seeds: a CPU-only tiny verifier on the synthetic shapes task
+    "bench/demo_verifier.py": "CPU-only acceptance run of `editrl demo-verifier` (3 seeds); writes "
+                              "demo-verifier-cpu.json whatever the device",
     # this runner itself
     "bench/gpu_suite.py": "the runner of this plan",
 }
@@ -211,6 +214,9 @@ PLAN: tuple[Step, ...] = (
                ("--device", "cuda", "--sizes", "1024", "--batch", "2", "--repeats", "2", "--compile", "eager",
                 "--attention", "cudnn,flash", "--rollouts", "grpo", "--loader-images", "0", "--merge"),
                120, "1024² rows merged into rollout-<gpu>.json (the matmul-share target)", extra=True, min_s=60),
+    bench_step("verifier_train", "bench/verifier_train.py", ("--device", "cuda"), 240,
+               "verifier training, Qwen2.5-VL-7B sized (built on the GPU), 512²: SFT and GCPO step time, trace "
+               "sampling with and without the shared prefix -> verifier-train-<gpu>.json", extra=True, min_s=120),
     bench_step("rollout_families", "bench/rollout.py",
                ("--device", "cuda", "--family", "qwen-image-edit-plus,flux2", "--sizes", "512", "--batch", "2",
                 "--repeats", "2", "--compile", "eager", "--attention", "cudnn,flash", "--loader-images", "0",

@@ -127,3 +127,12 @@ def test_resume_after_sigterm_gives_the_uninterrupted_parameters(tmp_path, stop_
     for (name, a), (_, b) in zip(straight.model.peft.named_parameters(), resumed.model.peft.named_parameters()):
         if "lora_" in name:
             assert torch.equal(a, b), name
+
+
+def test_shared_prefix_sampling_equals_whole_prompt_sampling_when_greedy(tmp_path):
+    model = build_model(config(tmp_path))
+    shared = Item((image(0),), None, "make the square red", PRINCIPLES)
+    kwargs = dict(temperature=0.0, top_p=1.0, max_new_tokens=10, seed=0)
+    shared_prefix = model.sample_pair(shared, [image(1), image(2)], 2, **kwargs)
+    whole = model.sample_pair(shared, [image(1), image(2)], 2, shared_prefix=False, **kwargs)
+    assert shared_prefix.ids == whole.ids and len(shared_prefix.ids) == 4

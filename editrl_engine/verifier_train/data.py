@@ -140,8 +140,9 @@ def from_editreward_bench(data: str | Path, principles: Sequence | None = None, 
 
 def verdict_trace(principles: Sequence[vp.Principle], verdicts: Sequence[tuple[str, float, str]], final: float,
                   reasoning: str) -> str:
-    """A trace in the verifier's verdict format: one (verdict, score 0-10, reason) per principle and a final score."""
-    return json.dumps({"reasoning": reasoning,
-                       "verdicts": [{"id": i, "verdict": v, "score": s, "reason": r}
-                                    for i, (v, s, r) in enumerate(verdicts, 1)],
-                       "final_score": final}, separators=(", ", ": "))
+    """A trace in the verifier's verdict format: one (verdict, score 0-10, reason) per principle and a final score
+    (empty reasons and reasoning are left out)."""
+    entries = [{"id": i, "verdict": v, "score": s, **({"reason": r} if r else {})}
+               for i, (v, s, r) in enumerate(verdicts, 1)]
+    return json.dumps({**({"reasoning": reasoning} if reasoning else {}), "verdicts": entries, "final_score": final},
+                      separators=(", ", ": "))

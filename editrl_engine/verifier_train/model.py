@@ -116,10 +116,14 @@ class VerifierModel:
     # ---- sampling --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_pair(self, shared: Item, candidates: Sequence, n: int, *, temperature: float, top_p: float,
-                    max_new_tokens: int, seed: int) -> Traces:
+                    max_new_tokens: int, seed: int, shared_prefix: bool = True) -> Traces:
         """n traces for each candidate edit of one (sources, instruction, principles), len(candidates) * n in all,
         candidate-major. The prefix (instruction, principles, source images) is prefilled once and serves every
-        rollout; sampled from `seed` (temperature 0: greedy)."""
+        rollout (shared_prefix=False: every rollout runs its whole prompt, for comparison); sampled from `seed`
+        (temperature 0: greedy)."""
+        if not shared_prefix:
+            return self._sample_whole(shared, candidates, n, temperature=temperature, top_p=top_p,
+                                      max_new_tokens=max_new_tokens, seed=seed)
         processor, model = self.vlm.processor, self.model
         prefix_text = vp.verdict_prefix(shared.instruction, shared.principles, len(shared.sources))
         prefix_inputs = processor(text=[prefix_text], images=list(rgb_sources(list(shared.sources))),
@@ -142,8 +146,30 @@ class VerifierModel:
                                      mm_encoder_outputs={"image": go.images}, max_new_tokens=max_new_tokens,
                                      eos_token_id=self.end_id, pad_token_id=self.tokenizer.pad_token_id,
                                      suppress_tokens=self.suppressed, **options)
-        new = out[:, go.ids.shape[1]:].tolist()
-        ids = [row[:row.index(self.end_id) + 1] if self.end_id in row else row for row in new]
+        return self._traces(out[:, go.ids.shape[1]:])
+
+    def _sample_whole(self, shared: Item, candidates: Sequence, n: int, *, temperature: float, top_p: float,
+                      max_new_tokens: int, seed: int) -> Traces:
+        items = [dataclasses.replace(shared, edited=c) for c in candidates for _ in range(n)]
+        inputs = self.vlm.processor(text=[item.prompt() for item in items],
+                                    images=[im for item in items for im in item.images()], size=self.image_size,
+                                    return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        options = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self.autocast_context(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda"
+                                                              else []):
+            torch.manual_seed(seed)
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.end_id,
+                                      pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppressed,
+                                      **options)
+        return self._traces(out[:, inputs["input_ids"].shape[1]:])
+
+    def _traces(self, new: torch.Tensor) -> Traces:
+        """Generated ids [B, T] cut after <|im_end|> (kept), and their texts."""
+        rows = new.tolist()
+        ids = [row[:row.index(self.end_id) + 1] if self.end_id in row else row for row in rows]
         return Traces(ids, [self.tokenizer.decode(t, skip_special_tokens=True) for t in ids])
 
     # ---- saving ----------------------------------------------------------------------------------------------------
