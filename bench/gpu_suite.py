@@ -194,7 +194,8 @@ PLAN: tuple[Step, ...] = (
                "every op at 512² and 1024², eager vs triton, 100 repeats -> kernels-<gpu>.json"),
     # budgets from the first H200 run (bench/results/*-nvidia-h200.json): the steps took 4, 23, 64, 17, 113 (the
     # 7B judge's random weights are built on the host), 43, 26 and 27 s
-    bench_step("reward", "bench/reward.py", ("--device", "cuda", "--backends", "eager", "--skip-editscore"), 130,
+    bench_step("reward", "bench/reward.py",
+               ("--device", "cuda", "--backends", "eager", "--skip-editscore", "--skip-remote"), 130,
                "7B-sized Qwen2.5-VL logit reward, G = 12, 512²: per-sample, batched, group -> reward-<gpu>.json"),
     bench_step("rollout", "bench/rollout.py",
                ("--device", "cuda", "--sizes", "512", "--batch", "2", "--repeats", "2", "--compile", "eager",
@@ -214,6 +215,12 @@ PLAN: tuple[Step, ...] = (
                ("--device", "cuda", "--sizes", "1024", "--batch", "2", "--repeats", "2", "--compile", "eager",
                 "--attention", "cudnn,flash", "--rollouts", "grpo", "--loader-images", "0", "--merge"),
                120, "1024² rows merged into rollout-<gpu>.json (the matmul-share target)", extra=True, min_s=60),
+    bench_step("reward_remote", "bench/reward.py",
+               ("--device", "cuda", "--backends", "eager", "--skip-editscore",
+                "--out", "bench/results/reward-remote-{slug}.json"), 300,
+               "the 7B-sized logit judge also served by editrl serve on loopback: c = 1 / 8 / 32, prefix cache on / "
+               "off, two servers with group or per-request routing -> reward-remote-<gpu>.json", extra=True,
+               min_s=200),
     bench_step("verifier_train", "bench/verifier_train.py", ("--device", "cuda"), 240,
                "verifier training, Qwen2.5-VL-7B sized (built on the GPU), 512²: SFT and GCPO step time, trace "
                "sampling with and without the shared prefix -> verifier-train-<gpu>.json", extra=True, min_s=120),

@@ -60,12 +60,14 @@ from editrl_engine.reward import load_reward
 SEVEN_B_PRESET = "qwen2.5-vl-7b"               # ModelConfig's defaults: the published 7B sizes
 DEFAULTS = {
     "cuda": dict(model=SEVEN_B_PRESET, dtype="bfloat16", image_size=512, group=12, single_calls=50, group_calls=20,
-                 editscore_passes=4, editscore_tokens=64, sequential_samples=4, warmup=3, remote_groups=8),
+                 editscore_passes=4, editscore_tokens=64, sequential_samples=4, warmup=3, remote_groups=8,
+                 remote_calls=3),
     "cpu": dict(model="tiny", dtype="float32", image_size=128, group=12, single_calls=30, group_calls=10,
-                editscore_passes=4, editscore_tokens=32, sequential_samples=4, warmup=2, remote_groups=4),
+                editscore_passes=4, editscore_tokens=32, sequential_samples=4, warmup=2, remote_groups=4,
+                remote_calls=5),
 }
 QUICK = dict(model="tiny", dtype="float32", image_size=64, group=4, single_calls=3, group_calls=2, editscore_passes=2,
-             editscore_tokens=4, sequential_samples=1, warmup=1, remote_groups=2)
+             editscore_tokens=4, sequential_samples=1, warmup=1, remote_groups=2, remote_calls=2)
 BACKENDS = ("eager", "compiled")              # measured by default
 OPTIONAL_BACKENDS = ("onnx", "tensorrt")      # on request (--backends)
 INSTRUCTION = "Replace the red cube with a blue sphere and keep the background unchanged."

@@ -32,7 +32,7 @@ def _cache_counts(servers) -> dict:
 
 def remote_rows(judge, config: dict, sets: list, time_each_call, row, error_text, log) -> list[dict]:
     """Rows for the served logit judge `judge` (an in-process MllmLogitReward); sets: [(source, [G edits])]."""
-    g, groups, warmup, calls = config["group"], config["remote_groups"], config["warmup"], config["group_calls"]
+    g, groups, warmup, calls = config["group"], config["remote_groups"], 1, config["remote_calls"]
     vocabulary = len(judge.vlm.tokenizer)
     plans = [(f"remote c={c}", 1, c, "group", 256.0) for c in CONCURRENCY]
     plans += [("no prefix cache", 1, 8, "group", 0.0), ("2 servers, group", 2, 8, "group", 256.0),
