@@ -75,6 +75,7 @@ class GcpoSection:
     kl_beta: float = 0.01                   # KL (k3) to the SFT model
     updates_per_batch: int = 1
     micro_batch: int = 8                    # traces per backward
+    eval_every: int = 0                     # GCPO steps between held-out evaluations (0: at the stage's end only)
 
     def __post_init__(self):
         _check("gcpo", self.steps >= 0 and self.pairs > 0 and self.traces > 0 and self.lr > 0,
@@ -88,7 +89,8 @@ class GcpoSection:
 class RunSection:
     out_dir: str = "runs/verifier"
     seed: int = 0
-    eval_every: int = 20                    # steps between held-out evaluations (0: start and end only)
+    eval_every: int = 20                    # SFT steps between held-out evaluations (0: at the start and each
+                                            # stage's end only)
     checkpoint_every: int = 50
     keep: int = 2
     tensorboard: bool = False

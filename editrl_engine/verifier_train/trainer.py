@@ -86,6 +86,17 @@ class VerifierTrainer:
         weight_decay = getattr(section, "weight_decay", 0.0)
         return torch.optim.AdamW(self.model.parameters(), lr=section.lr, weight_decay=weight_decay)
 
+    def evaluates_at(self, step: int) -> bool:
+        """Held-out evaluation after the last step of each stage, every run.eval_every SFT steps and every
+        gcpo.eval_every GCPO steps."""
+        cfg = self.config
+        sft_steps = cfg.sft.steps
+        if step in (sft_steps, cfg.total_steps):
+            return True
+        if step <= sft_steps:
+            return bool(cfg.run.eval_every) and step % cfg.run.eval_every == 0
+        return bool(cfg.gcpo.eval_every) and (step - sft_steps) % cfg.gcpo.eval_every == 0
+
     def stage_of(self, step: int) -> str:
         return "sft" if step <= self.config.sft.steps else "gcpo"
 
@@ -110,8 +121,7 @@ class VerifierTrainer:
                 record = self.sft_step(step, optimizer) if stage == "sft" else self.gcpo_step(step, optimizer)
                 record.update(step=step, stage=stage, seconds=time.perf_counter() - start)
                 self.step = step
-                if self.rank == 0 and self.eval_rows and (step == cfg.total_steps or (
-                        cfg.run.eval_every and step % cfg.run.eval_every == 0)):
+                if self.rank == 0 and self.eval_rows and self.evaluates_at(step):
                     record.update(self.evaluate())
                 log(record)
                 if self.rank == 0 and (step == cfg.total_steps or self.stop_signal is not None or (
@@ -229,17 +239,25 @@ class VerifierTrainer:
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def judge_pairs(self, rows: Sequence[PreferenceRow]) -> list[dict]:
-        """Greedy traces for both images of each row and their final scores."""
+    def judge_pairs(self, rows: Sequence[PreferenceRow], batch_groups: int = 16) -> list[dict]:
+        """Greedy traces for both images of each row and their final scores. The rows' prefixes are prefilled
+        batch_groups at a time (left-padded) and both candidates of a row continue their row's cache
+        (reward/group_generation.answers, the verifier's own batched shared-prefix path)."""
+        from ..reward.group_generation import answers
+        from ..reward.verifier import GroupDecoding, Sampling
+        model = self.model
+        decoding = GroupDecoding(Sampling(max_new_tokens=self.config.gcpo.max_new_tokens), model.end_id)
+        prefixes = [vp.verdict_prefix(r.instruction, r.principles, len(r.sources)) for r in rows]
+        sources = [[load_image(s) for s in r.sources] for r in rows]
+        candidates = [[load_image(r.preferred), load_image(r.rejected)] for r in rows]
+        with model.autocast_context():
+            texts = answers(model.vlm, model.image_size, batch_groups, prefixes, sources, vp.verdict_suffix(),
+                            candidates, [decoding])[0]
         out = []
-        for row in rows:
-            sources = tuple(load_image(s) for s in row.sources)
-            traces = self.model.sample_pair(Item(sources, None, row.instruction, row.principles),
-                                            [load_image(row.preferred), load_image(row.rejected)], 1,
-                                            temperature=0.0, top_p=1.0, max_new_tokens=self.config.gcpo.max_new_tokens,
-                                            seed=0)
-            scores = [trace_score(row.principles, t) for t in traces.texts]
-            out.append({"preferred": scores[0], "rejected": scores[1], "texts": traces.texts})
+        for r, row in enumerate(rows):
+            pair = texts[2 * r: 2 * r + 2]
+            scores = [trace_score(row.principles, t) for t in pair]
+            out.append({"preferred": scores[0], "rejected": scores[1], "texts": pair})
         return out
 
     def evaluate(self) -> dict:

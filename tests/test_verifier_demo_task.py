@@ -1,0 +1,90 @@
+"""The verifier demo's data (verifier_train/demo_task.py) and a tiny end-to-end demo run (verifier_train/demo.py).
+
+References: the candidates' truth against the object-level checks run one image at a time (a separate call from
+demo_task's batched one) and against hand facts of the shapes task (the target scores exactly 1, the source 0, a
+kept shape erased zeroes "keep"); the traces against the verifier's own parser."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from editrl_engine.data.synthetic import make_tasks
+from editrl_engine.reward import verifier_prompts as vp
+from editrl_engine.reward.programmatic import ProgrammaticReward
+from editrl_engine.verifier_train import demo_task as dt
+
+TASKS = make_tasks(12, seed=3, size=32)
+
+
+def judged():
+    generator = torch.Generator().manual_seed(5)
+    return [(task, dt.judge(task, dt.candidate_images(task, generator))) for task in TASKS]
+
+
+def test_candidates_truth_matches_object_level_checks_one_by_one():
+    for task, candidates in judged():
+        names = [c.name for c in candidates]
+        assert {"target", "source", "erased", "noisy"} <= set(names)
+        for c in candidates:                              # the checks, one image per call
+            one = ProgrammaticReward([task]).score([task.source_image()], [task.instruction], [c.image], tasks=[task])
+            details = one.details[0]
+            assert c.reward == pytest.approx(float(one.reward[0]), abs=1e-6)
+            assert c.scores == pytest.approx((details["success"], details["over_editing"], details["quality"]))
+        by = {c.name: c for c in candidates}
+        assert by["target"].reward == pytest.approx(1.0) and by["target"].scores == (10.0, 10.0, 10.0)
+        assert torch.equal(by["target"].image, task.target_image())
+        assert by["source"].reward == pytest.approx(0.0) and by["source"].scores[0] == 0.0
+        assert by["noisy"].scores[2] < 9.0                # std-48 noise is far from flat palette colours
+        if "wrong" in by:                                 # a kept shape erased: exactly its pixels differ from target
+            assert by["wrong"].scores[1] == 0.0 and by["wrong"].reward == pytest.approx(0.0)
+            changed = (by["wrong"].image != task.target_image()).any(0)      # [H, W]
+            assert 0 < int(changed.sum()) < changed.numel() // 4
+
+
+def test_traces_parse_with_the_verifiers_parser():
+    for task, candidates in judged():
+        principles = dt.principles_of(task)
+        assert [p.kind for p in principles] == ["follow", "keep", "quality"]
+        for c in candidates:
+            parsed, error = vp.parse_verdicts(c.trace, len(principles))
+            assert error is None, (c.name, c.trace)
+            for entry, score in zip(parsed["verdicts"], c.scores):
+                expected = "pass" if score >= 9 else "partial" if score >= 5 else "fail"
+                assert entry["verdict"] == expected and entry["score"] == round(score)
+            assert parsed["final_score"] == round(10 * c.reward)
+
+
+def test_preference_pairs_prefer_the_higher_object_level_reward():
+    sft, pairs, candidates = dt.build(TASKS[:4], seed=1)
+    assert len(sft) == sum(len(c) for c in candidates.values())
+    assert pairs
+    for row in pairs:
+        task = next(t for t in TASKS if t.instruction == row.instruction and torch.equal(t.source_image(),
+                                                                                           row.sources[0]))
+        by_image = [c for c in candidates[task.id]]
+        better = next(c for c in by_image if c.image is row.preferred)
+        worse = next(c for c in by_image if c.image is row.rejected)
+        assert better.reward - worse.reward > dt.PAIR_MARGIN
+    rows, which = dt.held_out_pairs(6, seed=9, size=32)
+    again, which_again = dt.held_out_pairs(6, seed=9, size=32)    # a fixed, seeded held-out set
+    assert [(t.id, a.name, b.name) for t, a, b in which] == [(t.id, a.name, b.name) for t, a, b in which_again]
+    assert all(torch.equal(r.preferred, s.preferred) for r, s in zip(rows, again))
+    for row, (task, a, b) in zip(rows, which):
+        assert row.preferred is a.image and row.rejected is b.image and a.reward - b.reward > dt.PAIR_MARGIN
+
+
+def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
+    from editrl_engine.verifier_train.demo import main
+    summary = main(argparse.Namespace(seed=0, out=str(tmp_path), quick=True))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["seed"] == 0 and set(written["per_principle"]) == {"follow", "keep", "quality"}
+    for key in ("before", "after_sft", "after_gcpo"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert len(summary["gcpo_train_reward"]) == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
+    assert (tmp_path / "lora").is_dir()
+    assert "held-out strict pairwise accuracy" in capsys.readouterr().out
