@@ -97,11 +97,14 @@ class ProgrammaticReward(RewardModel):
         resolved = []                                                                # ShapeTask per sample
         images = []                                                                  # uint8 [3, H, W] per sample
         for i in range(n):
-            if isinstance(sources[i], (list, tuple)):
-                raise ValueError(f"sample {i} has {len(sources[i])} source images, but the programmatic reward checks "
+            given = sources[i]
+            if isinstance(given, (list, tuple)) and len(given) > 1:
+                raise ValueError(f"sample {i} has {len(given)} source images, but the programmatic reward checks "
                                  "edits of the synthetic shapes task, which have one: give one source image, or "
                                  "score several with a VLM judge (mllm_logit, editscore, verifier)")
-            source = as_uint8_tensor(sources[i], f"sources[{i}]")
+            if isinstance(given, (list, tuple)) and len(given) == 1:               # a one-image list is that image
+                given = given[0]
+            source = as_uint8_tensor(given, f"sources[{i}]")
             task = as_task(tasks[i]) if tasks is not None else self._lookup(instructions[i], source, i)
             _check_matches(task, instructions[i], source, f"sample {i}")
             image = as_uint8_tensor(edited[i], f"edited[{i}]")
