@@ -54,11 +54,16 @@ class Continuation:
                                                          suffix["image_grid_thw"].to(device), return_dict=True)
 
     @torch.no_grad()
-    def generate(self, decoding, tokenizer) -> list[str]:
+    def generate_ids(self, **generate_kwargs):
+        """model.generate on a fresh gathered copy of the prefix cache: what it returns (ids [N, P + S + T], or
+        its output dict with return_dict_in_generate); the new tokens start at column self.ids.shape[1]."""
         cache = prefix_cache.gather_cache(self.prefix, self.rows, self.model.config)
-        ids = self.model.generate(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-                                  **cache_kwargs(self.model, cache), mm_encoder_outputs={"image": self.images},
-                                  **decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
+        return self.model.generate(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
+                                   **cache_kwargs(self.model, cache), mm_encoder_outputs={"image": self.images},
+                                   **generate_kwargs)
+
+    def generate(self, decoding, tokenizer) -> list[str]:
+        ids = self.generate_ids(**decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
         return tokenizer.batch_decode(ids[:, self.ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -17,8 +17,7 @@ import torch
 
 from ..reward.chat import IMAGE
 from ..reward.group_generation import Continuation
-from ..reward.prefix_cache import gather_cache, prefill
-from ..vlm.kv_cache import cache_kwargs
+from ..reward.prefix_cache import prefill
 from .prefix_store import Entry, PrefixStore, cache_bytes, prefix_key
 
 
@@ -127,9 +126,7 @@ class Completer:
         suffix = self._process([suffix_text] * params.n, [images[-1]] * params.n)        # [n, S]
         rows = torch.zeros(params.n, dtype=torch.long)
         go = Continuation(model, entry.prefix, entry.inputs, rows, suffix)
-        out = model.generate(input_ids=go.ids, attention_mask=go.mask, position_ids=go.positions,
-                             **cache_kwargs(model, gather_cache(entry.prefix, rows, model.config)),
-                             mm_encoder_outputs={"image": go.images}, **self._generate_options(params))
+        out = go.generate_ids(**self._generate_options(params))
         return self._completion(out, go.ids.shape[1], params, cached=cached)
 
     def _generate_options(self, params: Params) -> dict:

@@ -17,10 +17,9 @@ import torch
 
 from ..reward import verifier_prompts as vp
 from ..reward.group_generation import Continuation
-from ..reward.prefix_cache import gather_cache, prefill
+from ..reward.prefix_cache import prefill
 from ..reward.sources import rgb_sources
 from ..vlm.images import as_rgb_image
-from ..vlm.kv_cache import cache_kwargs
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 LANGUAGE_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -141,11 +140,9 @@ class VerifierModel:
                 dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                out = model.generate(input_ids=go.ids, attention_mask=go.mask, position_ids=go.positions,
-                                     **cache_kwargs(model, gather_cache(prefix, rows, model.config)),
-                                     mm_encoder_outputs={"image": go.images}, max_new_tokens=max_new_tokens,
-                                     eos_token_id=self.end_id, pad_token_id=self.tokenizer.pad_token_id,
-                                     suppress_tokens=self.suppressed, **options)
+                out = go.generate_ids(max_new_tokens=max_new_tokens, eos_token_id=self.end_id,
+                                      pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppressed,
+                                      **options)
         return self._traces(out[:, go.ids.shape[1]:])
 
     def _sample_whole(self, shared: Item, candidates: Sequence, n: int, *, temperature: float, top_p: float,
