@@ -148,3 +148,19 @@ def assert_close(actual, expected, dtype=torch.float32, kind="stat", what="", rt
     scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
     torch.testing.assert_close(actual.detach().double(), expected, rtol=rtol, atol=atol * scale, equal_nan=True,
                                msg=lambda m: f"{what} ({dtype}, {kind}): {m}")
+
+
+@torch.no_grad()
+def recomputed_logp(policy, out, **velocity_kwargs):
+    """ops.sde_logprob of every stored step of a GRPO rollout, velocities recomputed at the stored latents:
+    [B, K] float32 (what the rollout's own log-probs must equal on-policy)."""
+    from editrl_engine import ops
+    columns = []
+    for k in range(out.step_index.numel()):
+        sigma, sigma_next = float(out.sigma[k]), float(out.sigma_next[k])
+        x = out.latents[:, k]
+        v = policy.velocity(x, torch.full((x.shape[0],), sigma), out.cond, **velocity_kwargs).float()
+        logp, _ = ops.sde_logprob(out.next_latents[:, k], x, v, sigma, sigma_next, noise_level=out.noise_level,
+                                  kind=out.kind)
+        columns.append(logp)
+    return torch.stack(columns, 1)

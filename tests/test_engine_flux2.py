@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from editrl_engine import ops
 from editrl_engine.engine import Trainer
 from editrl_engine.policy import load_policy
 from editrl_engine.policy.samplers import grpo_rollout, nft_rollout, ode_sample
 
 from .engine_fakes import BrightnessReward, tiny_config
+from .helpers import recomputed_logp
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attention backends are an experimental feature")
 PRESETS = ("tiny", "tiny-dev")
@@ -33,17 +33,6 @@ def policy(request):
 @pytest.fixture(scope="module")
 def cond(policy):
     return policy.encode([image(0), image(1)], ["turn the square red", "remove the circle"])
-
-
-def recomputed_logp(policy, out):
-    columns = []
-    for k in range(out.step_index.numel()):
-        sigma, sigma_next = float(out.sigma[k]), float(out.sigma_next[k])
-        x = out.latents[:, k]
-        v = policy.velocity(x, torch.full((x.shape[0],), sigma), out.cond)
-        columns.append(ops.sde_logprob(out.next_latents[:, k], x, v, sigma, sigma_next,
-                                       noise_level=out.noise_level, kind=out.kind)[0])
-    return torch.stack(columns, 1)
 
 
 @pytest.mark.parametrize("kind, noise_level", [("flow_grpo", 0.9), ("cps", 0.8)])

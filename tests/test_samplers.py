@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from editrl_engine import ops
 from editrl_engine.policy.samplers import (
     dpm2_coefficients,
     euler_step,
@@ -19,6 +18,7 @@ from editrl_engine.policy.samplers import (
     stochastic_steps,
 )
 
+from .helpers import recomputed_logp
 from .toy_policy import ToyPolicy, toy_condition
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install -e '.[test]')")
@@ -160,20 +160,6 @@ def test_nft_rollout_is_dpm2_and_keeps_only_x0_and_the_condition(policy):
 # ---------------------------------------------------------------------------------------------------------
 # GRPO rollouts: log-probs, window
 # ---------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def recomputed_logp(policy, out, **velocity_kwargs):
-    """ops.sde_logprob of every stored step from the stored latents: [B, K] float32."""
-    columns = []
-    for k in range(out.step_index.numel()):
-        sigma, sigma_next = float(out.sigma[k]), float(out.sigma_next[k])
-        x = out.latents[:, k]
-        v = policy.velocity(x, torch.full((x.shape[0],), sigma), out.cond, **velocity_kwargs).float()
-        logp, _ = ops.sde_logprob(out.next_latents[:, k], x, v, sigma, sigma_next, noise_level=out.noise_level,
-                                  kind=out.kind)
-        columns.append(logp)
-    return torch.stack(columns, 1)
-
-
 @pytest.mark.parametrize("kind, noise_level", [("flow_grpo", 0.7), ("flow_grpo", 0.9), ("cps", 0.8)])
 @pytest.mark.parametrize("window", [None, 3], ids=["all-steps", "window3"])
 def test_grpo_logp_equals_sde_logprob_from_the_stored_latents(policy, kind, noise_level, window):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from editrl_engine import ops
 from editrl_engine.policy import load_policy
 from editrl_engine.policy.samplers import grpo_rollout, nft_rollout, ode_sample, sample_generators
+
+from .helpers import recomputed_logp
 
 SIZE = 32   # pixels: 8 x 8 = 64 packed target tokens with the tiny VAE
 
@@ -61,18 +62,6 @@ def test_euler_is_the_kontext_pipeline_step_for_step(policy, num_steps):
 
 
 @torch.no_grad()
-def recomputed_logp(policy, out):
-    """ops.sde_logprob of every stored step, velocities recomputed at the stored latents: [B, K] float32."""
-    columns = []
-    for k in range(out.step_index.numel()):
-        sigma, sigma_next = float(out.sigma[k]), float(out.sigma_next[k])
-        x = out.latents[:, k]
-        v = policy.velocity(x, torch.full((x.shape[0],), sigma), out.cond)
-        columns.append(ops.sde_logprob(out.next_latents[:, k], x, v, sigma, sigma_next,
-                                       noise_level=out.noise_level, kind=out.kind)[0])
-    return torch.stack(columns, 1)
-
-
 @pytest.mark.parametrize("kind, noise_level, window", [("flow_grpo", 0.9, None), ("flow_grpo", 0.9, 2),
                                                         ("cps", 0.8, None)])
 def test_grpo_logp_is_on_policy(policy, cond, kind, noise_level, window):
