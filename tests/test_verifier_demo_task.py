@@ -84,6 +84,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     for key in ("before", "after_sft", "after_gcpo"):
         assert 0.0 <= summary[key] <= 1.0
     assert len(summary["gcpo_train_reward"]) == 2
+    assert summary["after_gcpo"] <= 1 - summary["identical_pairs"]     # an identical pair is a tie: wrong
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
     assert (tmp_path / "lora").is_dir()

@@ -6,6 +6,10 @@ Its data (demo_task.py): every candidate edit of the training tasks with its obj
 whose object-level rewards differ (GCPO). It prints held-out strict pairwise accuracy (chance 0.5; after
 SFT; after GCPO; ties and unparseable answers count as wrong), per-principle verdict accuracy and example traces, and
 writes its run folder: metrics.jsonl, summary.json, lora/.
+
+At this size it does not learn yet: the random-weight verifier writes whole verdicts but the same greedy verdict for
+both images of (nearly) every pair, so its accuracy is 0. The summary counts those identical pairs, and
+bench/verifier_image_dependence.py measures how little the model reads the edited image.
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ def run(seed: int, out: str, settings: dict, log=print) -> dict:
             r["eval_parse_failures"] for r in evals if r["step"] == settings["sft_steps"]),
         "gcpo_accuracy_min": min(r["eval_accuracy"] for r in evals if r["step"] >= settings["sft_steps"]),
         "gcpo_train_reward": [r["train_reward"] for r in trainer.history if "train_reward" in r],
+        "identical_pairs": sum(j["texts"][0] == j["texts"][1] for j in judged) / len(judged),
         "per_principle": principle_accuracy(judged, which),
         "examples": [{"instruction": row.instruction, "preferred": j["texts"][0], "rejected": j["texts"][1]}
                      for row, j in list(zip(eval_rows, judged))[:3]],
@@ -97,6 +102,7 @@ def main(args: argparse.Namespace) -> dict:
     fmt = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
     print(f"held-out strict pairwise accuracy ({settings['eval_tasks']} tasks): chance 0.500, untrained "
           f"{fmt(summary['before'])}, after SFT {fmt(summary['after_sft'])}, after GCPO {fmt(summary['after_gcpo'])}")
+    print(f"pairs given the same verdict text for both images: {summary['identical_pairs']:.3f}")
     print("per-principle verdict accuracy after GCPO: " + ", ".join(f"{k} {fmt(v)}"
                                                                      for k, v in summary["per_principle"].items()))
     for example in summary["examples"][:2]:
