@@ -89,3 +89,16 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
     assert (tmp_path / "lora").is_dir()
     assert "held-out strict pairwise accuracy" in capsys.readouterr().out
+
+
+def test_the_same_time_on_sft_continues_from_the_same_sft_model(tmp_path):
+    from editrl_engine.verifier_train.demo import SETTINGS, run
+    summary = run(0, str(tmp_path), SETTINGS["quick"], log=lambda *_: None, same_time_sft=True)
+    assert summary["extra_sft_steps"] >= 1 and 0.0 <= summary["after_more_sft"] <= 1.0
+    read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]
+    main = [r for r in read(tmp_path / "metrics.jsonl") if r.get("stage") == "sft"]
+    longer = [r for r in read(tmp_path / "more-sft" / "metrics.jsonl") if r.get("stage") == "sft"]
+    assert len(longer) == len(main) + summary["extra_sft_steps"]
+    assert [r["loss"] for r in longer[:len(main)]] == [r["loss"] for r in main]     # the same SFT steps replayed
+    gcpo_seconds = sum(r["seconds"] for r in read(tmp_path / "metrics.jsonl") if r.get("stage") == "gcpo")
+    assert summary["gcpo_seconds"] == gcpo_seconds
