@@ -1,7 +1,8 @@
-"""Test helpers: random inputs in several memory layouts, output poisoning, and tolerance asserts."""
+"""Test helpers: random inputs in several memory layouts, output poisoning, tolerance asserts, a free port."""
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import torch
 
@@ -164,3 +165,10 @@ def recomputed_logp(policy, out, **velocity_kwargs):
                                   kind=out.kind)
         columns.append(logp)
     return torch.stack(columns, 1)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a gloo rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

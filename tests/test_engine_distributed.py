@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import socket
 import sys
 import time
 
@@ -14,12 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from .engine_fakes import BrightnessReward, tiny_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .helpers import free_port
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str], algo: str, result_dir: str):
@@ -51,7 +45,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
 def launch(world: int, tmp_path, overrides=(), algo="nft") -> list[dict]:
     results = tmp_path / f"results-{world}-{algo}"
     results.mkdir()
-    context = mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path / f"run-{world}-{algo}"),
+    context = mp.start_processes(_worker, args=(world, free_port(), str(tmp_path / f"run-{world}-{algo}"),
                                                 list(overrides), algo, str(results)),
                                  nprocs=world, start_method="spawn", join=False)
     deadline = time.monotonic() + 300                      # a deadlock must fail the test, not hang CI

@@ -4,20 +4,14 @@ steps keep the ranks identical (their gradients averaged too)."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from .helpers import free_port
 from .test_verifier_train_run import config, rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _lora(model) -> dict[str, torch.Tensor]:
@@ -45,7 +39,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
 def launch(tmp_path, overrides: list[str]) -> list[dict]:
     results = tmp_path / "results"
     results.mkdir(parents=True)
-    context = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "run"), overrides, str(results)),
+    context = mp.start_processes(_worker, args=(2, free_port(), str(tmp_path / "run"), overrides, str(results)),
                                  nprocs=2, start_method="spawn", join=False)
     deadline = time.monotonic() + 300
     while not context.join(timeout=5):
