@@ -13,6 +13,8 @@ change per layer). Variants:
   full            every weight trained (no LoRA)
 
     python bench/verifier_image_dependence.py --steps 1000 --every 250
+    python bench/verifier_image_dependence.py --variants lora-lm-vision --batch 32 --steps 1200 --every 300 \
+        --out bench/results/verifier-image-dependence-b32-cpu.json
 Runs the variants one after another (one thread each unless --threads); writes
 bench/results/verifier-image-dependence-cpu.json atomically.
 """
@@ -68,7 +70,7 @@ def run_variant(variant: str, args) -> dict:
     eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
     targets = TARGETS + VISION if variant == "lora-lm-vision" else TARGETS
     config = demo_config(f"{args.work}/{variant}", args.seed, settings, f"run.eval_every={args.every}",
-                         f"model.lora_targets='{targets}'")
+                         f"model.lora_targets='{targets}'", f"sft.batch={args.batch}")
     trainer = VerifierTrainer(config, sft_rows=sft_rows, preference_rows=pairs, eval_rows=eval_rows)
     model = trainer.model
     if variant == "full":
@@ -103,6 +105,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="+", default=["lora-lm", "lora-lm-vision", "full"])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--batch", type=int, default=8, help="SFT traces per step (the demo's: 8)")
     parser.add_argument("--eval-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
