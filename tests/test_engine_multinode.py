@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_engine_distributed import _free_port, single
+from .helpers import free_port
+from .test_engine_distributed import single
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 150                             # a rendezvous or collective that never completes fails, not hangs
@@ -31,7 +32,7 @@ def two_nodes(tmp_path, nproc: int, overrides: list[str], algo: str = "nft") -> 
     results, log_path = tmp_path / "results", tmp_path / "two-nodes.log"
     results.mkdir()
     args = [str(tmp_path / "two-nodes"), str(results), algo, *overrides]
-    port = _free_port()
+    port = free_port()
     with open(log_path, "w") as log:
         nodes = [_launch_node(n, nproc, port, args, log) for n in range(2)]
         deadline = time.monotonic() + DEADLINE_S
