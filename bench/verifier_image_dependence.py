@@ -58,16 +58,24 @@ def hidden_shift(model, rows) -> list[float]:
     return [float((x - y).norm() / y.norm()) for x, y in zip(hidden(b.edited), hidden(a.edited))]
 
 
-def run_variant(variant: str, args) -> dict:
+def demo_data(args) -> tuple[list, list, list]:
+    """The demo's SFT rows and training pairs (its full setting's tasks) and --eval-tasks held-out pairs."""
     from editrl_engine.data.synthetic import make_tasks
-    from editrl_engine.verifier_train.demo import SETTINGS, SIZE, TARGETS, demo_config
+    from editrl_engine.verifier_train.demo import SETTINGS, SIZE
     from editrl_engine.verifier_train.demo_task import build, held_out_pairs
+    tasks = make_tasks(SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
+    sft_rows, pairs, _ = build(tasks, args.seed)
+    eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
+    return sft_rows, pairs, eval_rows
+
+
+def run_variant(variant: str, args, data: tuple[list, list, list]) -> dict:
+    from editrl_engine.verifier_train.demo import SETTINGS, TARGETS, demo_config
     from editrl_engine.verifier_train.model import Item
     from editrl_engine.verifier_train.trainer import VerifierTrainer, sft_loss
 
     settings = dict(SETTINGS["full"], sft_steps=args.steps, gcpo_steps=0)
-    sft_rows, pairs, _ = build(make_tasks(96, seed=args.seed, size=SIZE), args.seed)
-    eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
+    sft_rows, pairs, eval_rows = data
     targets = TARGETS + VISION if variant == "lora-lm-vision" else TARGETS
     config = demo_config(f"{args.work}/{variant}", args.seed, settings, f"run.eval_every={args.every}",
                          f"model.lora_targets='{targets}'", f"sft.batch={args.batch}")
@@ -113,7 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "verifier-image-dependence-cpu.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [run_variant(v, args) for v in args.variants]
+    data = demo_data(args)                                    # the same rows for every variant
+    results = [run_variant(v, args, data) for v in args.variants]
     rows = [[r["variant"], str(c["step"]), f"{c['loss']:.4f}", f"{c['gap']:+.5f}", f"{c['accuracy']:.3f}"]
             for r in results for c in r["curve"]]
     print(format_table(["variant", "step", "SFT loss", "gap (images moved)", "held-out accuracy"], rows))
