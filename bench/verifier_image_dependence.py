@@ -59,11 +59,12 @@ def hidden_shift(model, rows) -> list[float]:
 
 
 def demo_data(args) -> tuple[list, list, list]:
-    """The demo's SFT rows and training pairs (its full setting's tasks) and --eval-tasks held-out pairs."""
+    """The demo's SFT rows and training pairs (its full setting's tasks, or --train-tasks) and --eval-tasks
+    held-out pairs."""
     from editrl_engine.data.synthetic import make_tasks
     from editrl_engine.verifier_train.demo import SETTINGS, SIZE
     from editrl_engine.verifier_train.demo_task import build, held_out_pairs
-    tasks = make_tasks(SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
+    tasks = make_tasks(args.train_tasks or SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
     sft_rows, pairs, _ = build(tasks, args.seed)
     eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
     return sft_rows, pairs, eval_rows
@@ -78,7 +79,7 @@ def run_variant(variant: str, args, data: tuple[list, list, list]) -> dict:
     sft_rows, pairs, eval_rows = data
     targets = TARGETS + VISION if variant == "lora-lm-vision" else TARGETS
     config = demo_config(f"{args.work}/{variant}", args.seed, settings, f"run.eval_every={args.every}",
-                         f"model.lora_targets='{targets}'", f"sft.batch={args.batch}")
+                         f"model.lora_targets='{targets}'", f"sft.batch={args.batch}", f"sft.lr={args.lr}")
     trainer = VerifierTrainer(config, sft_rows=sft_rows, preference_rows=pairs, eval_rows=eval_rows)
     model = trainer.model
     if variant == "full":
@@ -114,6 +115,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--batch", type=int, default=8, help="SFT traces per step (the demo's: 8)")
+    parser.add_argument("--train-tasks", type=int, default=0, help="synthetic training tasks (0: the demo's)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate (the demo's: 1e-3)")
     parser.add_argument("--eval-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
