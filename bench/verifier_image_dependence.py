@@ -11,6 +11,8 @@ change per layer). Variants:
   lora-lm         the demo's choice: LoRA on the language model's projections and the output head
   lora-lm-vision  the same plus LoRA on the vision tower's projections and patch merger
   full            every weight trained (no LoRA)
+--edited-view difference shows the verifier 128 + 2 (edited - source) in place of every edited image: the comparison
+the issue's learning prototype was given as an input.
 
     python bench/verifier_image_dependence.py --steps 1000 --every 250
     python bench/verifier_image_dependence.py --variants lora-lm-vision --batch 32 --steps 1200 --every 300 \
@@ -21,6 +23,7 @@ bench/results/verifier-image-dependence-cpu.json atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import time
@@ -58,6 +61,20 @@ def hidden_shift(model, rows) -> list[float]:
     return [float((x - y).norm() / y.norm()) for x, y in zip(hidden(b.edited), hidden(a.edited))]
 
 
+def difference_view(edited: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The edit as a picture of what changed: 128 + 2 (edited - source), clipped; uint8 [3, H, W]."""
+    return (128 + 2 * (edited.int() - source.int())).clamp(0, 255).to(torch.uint8)
+
+
+def shown_as_difference(sft_rows: list, pairs: list, eval_rows: list) -> tuple[list, list, list]:
+    """Every edited image (SFT, training pairs, held-out pairs) replaced by its difference view."""
+    def pair(p):
+        return dataclasses.replace(p, preferred=difference_view(p.preferred, p.sources[0]),
+                                   rejected=difference_view(p.rejected, p.sources[0]))
+    return ([dataclasses.replace(r, edited=difference_view(r.edited, r.sources[0])) for r in sft_rows],
+            [pair(p) for p in pairs], [pair(p) for p in eval_rows])
+
+
 def demo_data(args) -> tuple[list, list, list]:
     """The demo's SFT rows and training pairs (its full setting's tasks, or --train-tasks) and --eval-tasks
     held-out pairs."""
@@ -67,6 +84,8 @@ def demo_data(args) -> tuple[list, list, list]:
     tasks = make_tasks(args.train_tasks or SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
     sft_rows, pairs, _ = build(tasks, args.seed)
     eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
+    if args.edited_view == "difference":
+        return shown_as_difference(sft_rows, pairs, eval_rows)
     return sft_rows, pairs, eval_rows
 
 
@@ -117,6 +136,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8, help="SFT traces per step (the demo's: 8)")
     parser.add_argument("--train-tasks", type=int, default=0, help="synthetic training tasks (0: the demo's)")
     parser.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate (the demo's: 1e-3)")
+    parser.add_argument("--edited-view", choices=["image", "difference"], default="image",
+                        help="show the verifier the edited image (the demo's), or 128 + 2 (edited - source)")
     parser.add_argument("--eval-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
