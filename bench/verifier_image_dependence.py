@@ -18,7 +18,8 @@ the issue's learning prototype was given as an input.
     python bench/verifier_image_dependence.py --variants lora-lm-vision --batch 32 --steps 1200 --every 300 \
         --out bench/results/verifier-image-dependence-b32-cpu.json
     python bench/verifier_image_dependence.py --variants lora-lm-vision --edited-view difference --batch 16 \
-        --lr 5e-4 --steps 900 --every 300 --threads 2 --out bench/results/verifier-image-dependence-difference-b16-cpu.json
+        --lr 5e-4 --steps 900 --every 300 --threads 2 \
+        --out bench/results/verifier-image-dependence-difference-b16-cpu.json
 Runs the variants one after another (one thread each unless --threads); writes
 bench/results/verifier-image-dependence-cpu.json atomically.
 """
