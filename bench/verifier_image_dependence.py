@@ -26,7 +26,6 @@ bench/results/verifier-image-dependence-cpu.json atomically.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import sys
 import time
@@ -36,8 +35,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, format_table, versions, write_json_atomic  # noqa: E402
-
-VISION = r"|.*visual.*\.(qkv|attn\.proj|gate_proj|up_proj|down_proj|mlp\.0|mlp\.2)"
 
 
 def train_all_weights(model) -> None:
@@ -64,20 +61,6 @@ def hidden_shift(model, rows) -> list[float]:
     return [float((x - y).norm() / y.norm()) for x, y in zip(hidden(b.edited), hidden(a.edited))]
 
 
-def difference_view(edited: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """The edit as a picture of what changed: 128 + 2 (edited - source), clipped; uint8 [3, H, W]."""
-    return (128 + 2 * (edited.int() - source.int())).clamp(0, 255).to(torch.uint8)
-
-
-def shown_as_difference(sft_rows: list, pairs: list, eval_rows: list) -> tuple[list, list, list]:
-    """Every edited image (SFT, training pairs, held-out pairs) replaced by its difference view."""
-    def pair(p):
-        return dataclasses.replace(p, preferred=difference_view(p.preferred, p.sources[0]),
-                                   rejected=difference_view(p.rejected, p.sources[0]))
-    return ([dataclasses.replace(r, edited=difference_view(r.edited, r.sources[0])) for r in sft_rows],
-            [pair(p) for p in pairs], [pair(p) for p in eval_rows])
-
-
 def demo_data(args) -> tuple[list, list, list]:
     """The demo's SFT rows and training pairs (its full setting's tasks, or --train-tasks) and --eval-tasks
     held-out pairs."""
@@ -85,23 +68,22 @@ def demo_data(args) -> tuple[list, list, list]:
     from editrl_engine.verifier_train.demo import SETTINGS, SIZE
     from editrl_engine.verifier_train.demo_task import build, held_out_pairs
     tasks = make_tasks(args.train_tasks or SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
-    sft_rows, pairs, _ = build(tasks, args.seed)
-    eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE)
-    if args.edited_view == "difference":
-        return shown_as_difference(sft_rows, pairs, eval_rows)
+    sft_rows, pairs, _ = build(tasks, args.seed, args.edited_view)
+    eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE, edited_view=args.edited_view)
     return sft_rows, pairs, eval_rows
 
 
 def run_variant(variant: str, args, data: tuple[list, list, list]) -> dict:
-    from editrl_engine.verifier_train.demo import SETTINGS, TARGETS, demo_config
+    from editrl_engine.verifier_train.demo import SETTINGS, TARGETS, VISION_TARGETS, demo_config
     from editrl_engine.verifier_train.model import Item
     from editrl_engine.verifier_train.trainer import VerifierTrainer, sft_loss
 
     settings = dict(SETTINGS["full"], sft_steps=args.steps, gcpo_steps=0)
     sft_rows, pairs, eval_rows = data
-    targets = TARGETS + VISION if variant == "lora-lm-vision" else TARGETS
+    targets = TARGETS + VISION_TARGETS if variant == "lora-lm-vision" else TARGETS
     config = demo_config(f"{args.work}/{variant}", args.seed, settings, f"run.eval_every={args.every}",
-                         f"model.lora_targets='{targets}'", f"sft.batch={args.batch}", f"sft.lr={args.lr}")
+                         f"model.lora_targets='{targets}'", f"sft.batch={args.batch}", f"sft.lr={args.lr}",
+                         *args.set)
     trainer = VerifierTrainer(config, sft_rows=sft_rows, preference_rows=pairs, eval_rows=eval_rows)
     model = trainer.model
     if variant == "full":
@@ -141,6 +123,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate (the demo's: 1e-3)")
     parser.add_argument("--edited-view", choices=["image", "difference"], default="image",
                         help="show the verifier the edited image (the demo's), or 128 + 2 (edited - source)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a further train-verifier override, e.g. --set sft.schedule=cosine --set sft.warmup=50")
     parser.add_argument("--eval-tasks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

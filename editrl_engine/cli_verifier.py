@@ -53,4 +53,9 @@ def add_demo_verifier(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (default: 0)")
     parser.add_argument("--out", default="runs/demo-verifier", help="run folder (default: runs/demo-verifier)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few steps (tests)")
+    parser.add_argument("--edited-view", choices=["difference", "image"], default="difference",
+                        help="what the verifier is shown of each edited image: 'difference', 128 + 2 (edited - "
+                             "source), the demo's default, because a random-weight VLM has no sight and on the edited "
+                             "image itself never learns to read the edit; or 'image', as a real verifier sees it "
+                             "(default: difference)")
     parser.set_defaults(run=_run_demo_verifier)

@@ -76,6 +76,31 @@ def test_preference_pairs_prefer_the_higher_object_level_reward():
         assert row.preferred is a.image and row.rejected is b.image and a.reward - b.reward > dt.PAIR_MARGIN
 
 
+def test_difference_view_is_the_scaled_change():
+    """128 + 2 (edited - source), clipped to uint8, against a hand-computed case; no change is flat grey."""
+    source = torch.tensor([[[10, 200, 100, 0]]], dtype=torch.uint8)
+    edited = torch.tensor([[[20, 0, 100, 255]]], dtype=torch.uint8)
+    assert dt.difference_view(edited, source).tolist() == [[[148, 0, 128, 255]]]
+    assert dt.difference_view(source, source).eq(128).all()
+
+
+def test_the_difference_view_replaces_every_edited_image_and_nothing_else():
+    sft, pairs, candidates = dt.build(TASKS[:3], seed=1)
+    sft_d, pairs_d, candidates_d = dt.build(TASKS[:3], seed=1, edited_view="difference")
+    assert [[c.trace for c in v] for v in candidates.values()] == [[c.trace for c in v] for v in candidates_d.values()]
+    for row, shown in zip(sft, sft_d):
+        assert shown.trace == row.trace and torch.equal(shown.sources[0], row.sources[0])
+        assert torch.equal(shown.edited, dt.difference_view(row.edited, row.sources[0]))
+    for row, shown in zip(pairs, pairs_d):
+        for field in ("preferred", "rejected"):
+            assert torch.equal(getattr(shown, field), dt.difference_view(getattr(row, field), row.sources[0]))
+    rows, _ = dt.held_out_pairs(3, seed=9, size=32)
+    rows_d, _ = dt.held_out_pairs(3, seed=9, size=32, edited_view="difference")
+    assert all(torch.equal(d.rejected, dt.difference_view(r.rejected, r.sources[0])) for r, d in zip(rows, rows_d))
+    with pytest.raises(ValueError, match="edited_view must be one of"):
+        dt.build(TASKS[:1], seed=1, edited_view="diff")
+
+
 def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     from editrl_engine.verifier_train.demo import main
     summary = main(argparse.Namespace(seed=0, out=str(tmp_path), quick=True))

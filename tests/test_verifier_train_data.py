@@ -3,6 +3,7 @@ checked against the verifier's parser, EditReward-Bench rows turned into prefere
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -78,8 +79,22 @@ def test_editreward_bench_rows_become_preference_rows(folder):
     ("model.path='/m'", "exactly one of model.path and model.preset"),   # with the default preset table absent
     ("gcpo.temperature=0.0", "temperature > 0"),
     ("sft.lr=0.0", "lr > 0"),
+    ("sft.schedule='linear'", "constant or cosine"),
+    ("sft.min_lr_ratio=1.5", "min_lr_ratio <= 1"),
 ])
 def test_config_checks(override, words):
     overrides = [override, "model.preset='tiny'"] if override.startswith("model.path") else [override]
     with pytest.raises(ConfigError, match=words):
         load_verifier_config(None, overrides)
+
+
+def test_sft_learning_rate_schedule_by_hand():
+    """Linear warmup to lr, then cosine to min_lr_ratio * lr at sft.steps (hand values); constant stays at lr."""
+    cosine = load_verifier_config(None, ["sft.steps=10", "sft.lr=1e-3", "sft.warmup=2", "sft.schedule='cosine'",
+                                         "sft.min_lr_ratio=0.1"]).sft
+    expected = {1: 5e-4, 2: 1e-3, 6: 1e-3 * (0.1 + 0.9 * 0.5), 10: 1e-4}     # step 6: half way through the decay
+    for step, lr in expected.items():
+        assert cosine.lr_at(step) == pytest.approx(lr, rel=1e-12), step
+    assert cosine.lr_at(4) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), rel=1e-12)
+    constant = load_verifier_config(None, ["sft.lr=2e-4"]).sft
+    assert [constant.lr_at(s) for s in (1, 50, 10_000)] == [2e-4] * 3

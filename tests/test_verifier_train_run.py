@@ -107,23 +107,24 @@ def test_a_run_writes_metrics_and_a_lora_the_reward_judges_with(tmp_path):
     assert answers == [text for j in judged for text in j["texts"]]
 
 
-@pytest.mark.parametrize("stop_at", [1, 3], ids=["during-sft", "during-gcpo"])
+@pytest.mark.parametrize("stop_at", [2, 4], ids=["during-sft", "during-gcpo"])
 def test_resume_after_sigterm_gives_the_uninterrupted_parameters(tmp_path, stop_at):
     sft, prefs = rows()
-    straight = VerifierTrainer(config(tmp_path / "straight"), sft_rows=sft, preference_rows=prefs)
+    schedule = ("sft.steps=3", "sft.warmup=1", "sft.schedule='cosine'", "sft.min_lr_ratio=0.5")  # lr moves each step
+    straight = VerifierTrainer(config(tmp_path / "straight", *schedule), sft_rows=sft, preference_rows=prefs)
     straight.run()
-    interrupted = VerifierTrainer(config(tmp_path / "stopped"), sft_rows=sft, preference_rows=prefs)
-    step = interrupted.sft_step if stop_at <= 2 else interrupted.gcpo_step
+    interrupted = VerifierTrainer(config(tmp_path / "stopped", *schedule), sft_rows=sft, preference_rows=prefs)
+    step = interrupted.sft_step if stop_at <= 3 else interrupted.gcpo_step
 
     def stop_after(number, optimizer, original=step):
         record = original(number, optimizer)
         if number == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
         return record
-    setattr(interrupted, "sft_step" if stop_at <= 2 else "gcpo_step", stop_after)
+    setattr(interrupted, "sft_step" if stop_at <= 3 else "gcpo_step", stop_after)
     assert interrupted.run()["stopped_by"] == signal.SIGTERM and interrupted.step == stop_at
-    resumed = VerifierTrainer(config(tmp_path / "stopped"), sft_rows=sft, preference_rows=prefs)
-    assert resumed.run(resume=True)["step"] == 4
+    resumed = VerifierTrainer(config(tmp_path / "stopped", *schedule), sft_rows=sft, preference_rows=prefs)
+    assert resumed.run(resume=True)["step"] == 5
     for (name, a), (_, b) in zip(straight.model.peft.named_parameters(), resumed.model.peft.named_parameters()):
         if "lora_" in name:
             assert torch.equal(a, b), name

@@ -3,13 +3,14 @@ dataclass that checks itself (the editor's config machinery, engine/config.py, r
 
     [model]  the verifier's VLM (a local Qwen2.5-VL / Qwen3-VL folder or a preset) and its LoRA
     [data]   JSONL manifests: sft (SftRow), preferences (PreferenceRow), eval (held-out PreferenceRow)
-    [sft]    the cold start: steps, batch, lr
+    [sft]    the cold start: steps, batch, lr and its schedule (warmup, constant or cosine)
     [gcpo]   steps, pairs per step, traces per image N, sampling, PPO clip, KL to the SFT model, updates per batch
     [run]    out_dir, seed, eval_every, checkpoint_every, keep, tensorboard, progress
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Sequence
@@ -57,9 +58,23 @@ class SftSection:
     batch: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.0
+    warmup: int = 0                         # steps of linear warmup from lr / warmup
+    schedule: str = "constant"              # after warmup: constant | cosine (to min_lr_ratio * lr at sft.steps)
+    min_lr_ratio: float = 0.0
 
     def __post_init__(self):
         _check("sft", self.steps >= 0 and self.batch > 0 and self.lr > 0, "steps >= 0, batch > 0 and lr > 0")
+        _check("sft.schedule", self.schedule in ("constant", "cosine"), f"constant or cosine, got {self.schedule!r}")
+        _check("sft", self.warmup >= 0 and 0 <= self.min_lr_ratio <= 1, "warmup >= 0 and 0 <= min_lr_ratio <= 1")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of SFT step `step` (1-based): linear warmup, then constant or cosine decay."""
+        if step <= self.warmup:
+            return self.lr * step / self.warmup
+        if self.schedule == "constant" or self.steps <= self.warmup:
+            return self.lr
+        progress = min(1.0, (step - self.warmup) / (self.steps - self.warmup))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclasses.dataclass(frozen=True)

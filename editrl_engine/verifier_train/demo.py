@@ -1,15 +1,16 @@
 """`editrl demo-verifier`: a tiny verifier trained on the synthetic shapes task on the CPU, SFT then GCPO.
 
 The verifier is the `verifier` reward's own Qwen2.5-VL code path, prompts and parser at the `demo` preset (width 96,
-4 layers: the 2-layer `tiny` cannot keep the verdict JSON in order), with a LoRA that also covers the output head.
-Its data (demo_task.py): every candidate edit of the training tasks with its object-level trace (SFT) and the pairs
-whose object-level rewards differ (GCPO). It prints held-out strict pairwise accuracy (chance 0.5; after
-SFT; after GCPO; ties and unparseable answers count as wrong), per-principle verdict accuracy and example traces, and
-writes its run folder: metrics.jsonl, summary.json, lora/.
+4 layers: the 2-layer `tiny` cannot keep the verdict JSON in order), with a LoRA on the language model, the output
+head and the vision tower. Its data (demo_task.py): every candidate edit of the training tasks with its object-level
+trace (SFT) and the pairs whose object-level rewards differ (GCPO). It prints held-out strict pairwise accuracy
+(chance 0.5; after SFT; after GCPO; ties and unparseable answers count as wrong), per-principle verdict accuracy and
+example traces, and writes its run folder: metrics.jsonl, summary.json, lora/.
 
-At this size it does not learn yet: the random-weight verifier writes whole verdicts but the same greedy verdict for
-both images of (nearly) every pair, so its accuracy is 0. The summary counts those identical pairs, and
-bench/verifier_image_dependence.py measures how little the model reads the edited image.
+One intentional difference from a real verifier, `--edited-view difference` (the default): the verifier is shown
+128 + 2 (edited - source) in place of each edited image. A random-weight VLM has no sight; shown the edited image
+itself it fits the trace format and never reads the edit (held-out accuracy 0, the same verdict for both images;
+`--edited-view image` runs it that way, and bench/verifier_image_dependence.py measures why).
 """
 from __future__ import annotations
 
@@ -43,11 +44,15 @@ SETTINGS = {          # full demo, and --quick (a smoke run for the tests)
 # width-32 state) caps every logit near +-0.64, so with adapters on the projections only the SFT loss cannot fall
 # below ~5.6 nats a token (measured: 6.7 -> 6.4 in 65 steps; with the head adapted 5.1 at step 10, 2.8 at step 20).
 TARGETS = LANGUAGE_TARGETS + "|lm_head"
+# and on the vision tower's projections and patch merger, whose random features are all the verifier sees of an image
+# (bench/verifier_image_dependence.py: on the edited image itself they gave the only loss gap there was)
+VISION_TARGETS = r"|.*visual.*\.(qkv|attn\.proj|gate_proj|up_proj|down_proj|mlp\.0|mlp\.2)"
 
 
 def demo_config(out: str, seed: int, settings: dict, *extra: str):
+    targets = TARGETS + VISION_TARGETS
     return load_verifier_config(None, [
-        "model.preset='demo'", "model.lora_rank=32", "model.lora_alpha=64.0", f"model.lora_targets='{TARGETS}'",
+        "model.preset='demo'", "model.lora_rank=32", "model.lora_alpha=64.0", f"model.lora_targets='{targets}'",
         f"run.seed={seed}",
         f"run.out_dir='{out}'", f"sft.steps={settings['sft_steps']}", f"gcpo.steps={settings['gcpo_steps']}",
         "run.eval_every=0", f"gcpo.eval_every={settings['gcpo_eval_every']}", "run.checkpoint_every=0",
@@ -83,21 +88,23 @@ def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tup
             "after_more_sft": trainer.history[-1]["eval_accuracy"]}
 
 
-def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = False) -> dict:
+def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = False,
+        edited_view: str = "difference") -> dict:
     """One seed of the demo; same_time_sft: also train a second verifier on SFT alone for GCPO's time
-    (`more_sft`), for the comparison the benchmark reports."""
+    (`more_sft`), for the comparison the benchmark reports; edited_view: what the verifier is shown of each edited
+    image (demo_task.EDITED_VIEWS)."""
     started = time.perf_counter()
-    sft_rows, pairs, _ = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed)
-    eval_rows, which = held_out_pairs(settings["eval_tasks"], seed=10_000 + seed, size=SIZE)
+    sft_rows, pairs, _ = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed, edited_view)
+    eval_rows, which = held_out_pairs(settings["eval_tasks"], seed=10_000 + seed, size=SIZE, edited_view=edited_view)
     log(f"demo-verifier seed {seed}: {len(sft_rows)} SFT traces, {len(pairs)} training pairs, {len(eval_rows)} "
-        f"held-out pairs")
+        f"held-out pairs, edited images shown as {edited_view!r}")
     trainer = VerifierTrainer(demo_config(out, seed, settings), sft_rows=sft_rows, preference_rows=pairs,
                               eval_rows=eval_rows)
     trainer.run()
     evals = [r for r in trainer.history if "eval_accuracy" in r]
     judged = trainer.judge_pairs(eval_rows)
     summary = {
-        "seed": seed, "chance": 0.5, "before": evals[0]["eval_accuracy"],
+        "seed": seed, "edited_view": edited_view, "chance": 0.5, "before": evals[0]["eval_accuracy"],
         "after_sft": next(r["eval_accuracy"] for r in evals if r["step"] == settings["sft_steps"]),
         "after_gcpo": evals[-1]["eval_accuracy"], "parse_failures_after_sft": next(
             r["eval_parse_failures"] for r in evals if r["step"] == settings["sft_steps"]),
@@ -117,7 +124,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
 
 def main(args: argparse.Namespace) -> dict:
     settings = SETTINGS["quick" if args.quick else "full"]
-    summary = run(args.seed, args.out, settings)
+    summary = run(args.seed, args.out, settings, edited_view=getattr(args, "edited_view", "difference"))
     fmt = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
     print(f"held-out strict pairwise accuracy ({settings['eval_tasks']} tasks): chance 0.500, untrained "
           f"{fmt(summary['before'])}, after SFT {fmt(summary['after_sft'])}, after GCPO {fmt(summary['after_gcpo'])}")

@@ -11,6 +11,13 @@ A verdict is pass at 9 or more, partial at 5 or more, fail below. The trace is t
 those verdicts and scores and the final score round(10 · programmatic reward): exactly what the verifier's parser
 reads. A preference pair is two candidates whose programmatic rewards differ by more than PAIR_MARGIN, the better
 one preferred.
+
+What the verifier is shown as the edited image (`edited_view`): "image", the edited image itself, as a real verifier
+sees it; or "difference", 128 + 2 (edited - source) clipped, a picture of what changed. The demo uses "difference":
+its random-weight verifier has no sight, the image is 8 of ~320 prompt tokens and the candidates' traces differ in
+~12 of ~77 tokens, so on the edited image SFT fits the trace format and the per-task verdict priors and never reads the
+edit (held-out accuracy 0 at every batch, lr and data size tried); shown the difference it reads the edit within
+minutes (bench/verifier_image_dependence.py and docs/design.md have the measurements).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from .data import PreferenceRow, SftRow, verdict_trace
 
 NOISE_STD = 48.0
 PAIR_MARGIN = 0.2
+EDITED_VIEWS = ("image", "difference")
 KEEP = "keep: everything the instruction does not name stays exactly as it was"
 QUALITY = "quality: flat colors with sharp edges and no artifacts"
 
@@ -62,6 +70,18 @@ def candidate_images(task: ShapeTask, generator: torch.Generator) -> dict[str, t
     return images
 
 
+def difference_view(edited: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The edit as a picture of what changed: 128 + 2 (edited - source), clipped; uint8 [3, H, W]."""
+    return (128 + 2 * (edited.int() - source.int())).clamp(0, 255).to(torch.uint8)
+
+
+def shown(image: torch.Tensor, task: ShapeTask, edited_view: str) -> torch.Tensor:
+    """What the verifier is shown for an edited image of `task`."""
+    if edited_view not in EDITED_VIEWS:
+        raise ValueError(f"edited_view must be one of {EDITED_VIEWS}, got {edited_view!r}")
+    return difference_view(image, task.source_image()) if edited_view == "difference" else image
+
+
 def judge(task: ShapeTask, images: dict[str, torch.Tensor]) -> list[Candidate]:
     names = list(images)
     batch = ProgrammaticReward([task]).score([task.source_image()] * len(names), [task.instruction] * len(names),
@@ -76,24 +96,27 @@ def judge(task: ShapeTask, images: dict[str, torch.Tensor]) -> list[Candidate]:
     return out
 
 
-def build(tasks: list[ShapeTask], seed: int) -> tuple[list[SftRow], list[PreferenceRow], dict[str, list]]:
-    """SFT rows (every candidate of every task), preference pairs, and each task's candidates (for reports)."""
+def build(tasks: list[ShapeTask], seed: int, edited_view: str = "image"
+          ) -> tuple[list[SftRow], list[PreferenceRow], dict[str, list]]:
+    """SFT rows (every candidate of every task), preference pairs, and each task's candidates (for reports); the
+    rows show each candidate as `edited_view` has it."""
     generator = torch.Generator().manual_seed(seed)
     sft, pairs, judged = [], [], {}
     for task in tasks:
         candidates = judge(task, candidate_images(task, generator))
         judged[task.id] = candidates
         principles, source = principles_of(task), (task.source_image(),)
-        sft += [SftRow(source, c.image, task.instruction, principles, c.trace) for c in candidates]
+        view = {c.name: shown(c.image, task, edited_view) for c in candidates}
+        sft += [SftRow(source, view[c.name], task.instruction, principles, c.trace) for c in candidates]
         for a in candidates:
             for b in candidates:
                 if a.reward - b.reward > PAIR_MARGIN:
-                    pairs.append(PreferenceRow(source, task.instruction, principles, a.image, b.image))
+                    pairs.append(PreferenceRow(source, task.instruction, principles, view[a.name], view[b.name]))
     return sft, pairs, judged
 
 
-def held_out_pairs(n: int, seed: int, size: int) -> tuple[list[PreferenceRow], list[tuple[ShapeTask, Candidate,
-                                                                                          Candidate]]]:
+def held_out_pairs(n: int, seed: int, size: int, edited_view: str = "image"
+                   ) -> tuple[list[PreferenceRow], list[tuple[ShapeTask, Candidate, Candidate]]]:
     """One preference pair per held-out task (a fixed, seeded choice among its pairs), and its two candidates."""
     tasks = make_tasks(n, seed=seed, size=size)
     generator = torch.Generator().manual_seed(seed)
@@ -102,6 +125,7 @@ def held_out_pairs(n: int, seed: int, size: int) -> tuple[list[PreferenceRow], l
         candidates = judge(task, candidate_images(task, generator))
         options = [(a, b) for a in candidates for b in candidates if a.reward - b.reward > PAIR_MARGIN]
         a, b = options[int(torch.randint(len(options), (1,), generator=generator))]
-        rows.append(PreferenceRow((task.source_image(),), task.instruction, principles_of(task), a.image, b.image))
+        rows.append(PreferenceRow((task.source_image(),), task.instruction, principles_of(task),
+                                  shown(a.image, task, edited_view), shown(b.image, task, edited_view)))
         which.append((task, a, b))
     return rows, which

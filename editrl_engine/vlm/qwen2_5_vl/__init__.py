@@ -19,11 +19,13 @@ from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 # "qwen2.5-vl-7b": the published 7B sizes (ModelConfig's defaults) with random weights, for benchmarks on a GPU
 # "demo": the verifier-training demo's size (width 96, 4 layers): the 2-layer width-32 "tiny" cannot keep a ~70-token
-# verdict JSON in order however long it trains (measured: SFT loss 0.15 a token, yet every greedy trace breaks)
+# verdict JSON in order however long it trains (measured: SFT loss 0.15 a token, yet every greedy trace breaks); its
+# images are resized to 112 x 112 (16 image tokens each, the tiny processor's 4 cover a 32 x 32 image in 16 x 16 blocks)
 DEMO_MODEL = dataclasses.replace(TINY_MODEL, hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2,
                                  intermediate_size=192, mrope_section=(4, 4, 4))
+DEMO_PROCESSOR = ProcessorConfig(min_pixels=112 * 112, max_pixels=112 * 112)
 PRESETS: dict[str, tuple[ModelConfig, ProcessorConfig]] = {"tiny": (TINY_MODEL, TINY_PROCESSOR),
-                                                           "demo": (DEMO_MODEL, TINY_PROCESSOR),
+                                                           "demo": (DEMO_MODEL, DEMO_PROCESSOR),
                                                            "qwen2.5-vl-7b": (ModelConfig(), ProcessorConfig())}
 
 
