@@ -121,9 +121,33 @@ def test_the_same_time_on_sft_continues_from_the_same_sft_model(tmp_path):
     summary = run(0, str(tmp_path), SETTINGS["quick"], log=lambda *_: None, same_time_sft=True)
     assert summary["extra_sft_steps"] >= 1 and 0.0 <= summary["after_more_sft"] <= 1.0
     read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]
-    main = [r for r in read(tmp_path / "metrics.jsonl") if r.get("stage") == "sft"]
+    sft_steps = SETTINGS["quick"]["sft_steps"]
     longer = [r for r in read(tmp_path / "more-sft" / "metrics.jsonl") if r.get("stage") == "sft"]
-    assert len(longer) == len(main) + summary["extra_sft_steps"]
-    assert [r["loss"] for r in longer[:len(main)]] == [r["loss"] for r in main]     # the same SFT steps replayed
+    assert [r["step"] for r in longer] == list(range(sft_steps + 1, sft_steps + 1 + summary["extra_sft_steps"]))
     gcpo_seconds = sum(r["seconds"] for r in read(tmp_path / "metrics.jsonl") if r.get("stage") == "gcpo")
     assert summary["gcpo_seconds"] == gcpo_seconds
+
+
+def test_more_sft_starts_from_the_sft_models_parameters(tmp_path):
+    """The continued run's first step equals one more step of the SFT run itself: the same LoRA and optimizer."""
+    from editrl_engine.verifier_train.demo import SETTINGS, demo_config, more_sft
+    from editrl_engine.verifier_train.trainer import VerifierTrainer
+    settings = dict(SETTINGS["quick"], gcpo_steps=0)
+    sft, pairs, _ = dt.build(TASKS[:3], seed=0, edited_view="difference")
+    eval_rows, _ = dt.held_out_pairs(2, seed=9, size=32, edited_view="difference")
+    straight = VerifierTrainer(demo_config(str(tmp_path / "straight"), 0, dict(settings, sft_steps=4)),
+                               sft_rows=sft, preference_rows=pairs, eval_rows=eval_rows)
+    straight.run()
+    first = VerifierTrainer(demo_config(str(tmp_path / "run"), 0, dict(settings, sft_steps=3)),
+                            sft_rows=sft, preference_rows=pairs, eval_rows=eval_rows)
+    first.run()
+    history = [{"stage": "sft", "seconds": 1.0}, {"stage": "gcpo", "seconds": 1.0}]   # buys exactly 1 more step
+    summary = more_sft(0, str(tmp_path / "run" / "more-sft"), dict(settings, sft_steps=3), history,
+                       (sft, pairs, eval_rows))
+    assert summary["extra_sft_steps"] == 1
+    continued = VerifierTrainer(demo_config(str(tmp_path / "run" / "more-sft"), 0, dict(settings, sft_steps=4)),
+                                sft_rows=sft, preference_rows=pairs, eval_rows=eval_rows)
+    continued.run(resume=True)                                          # loads the finished run's last checkpoint
+    for (name, a), (_, b) in zip(straight.model.peft.named_parameters(), continued.model.peft.named_parameters()):
+        if "lora_" in name:
+            assert torch.equal(a, b), name

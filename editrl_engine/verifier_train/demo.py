@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..data.synthetic import make_tasks
+from ..engine.checkpoint import LATEST, checkpoint_root
 from ..reward import verifier_prompts as vp
 from .config import load_verifier_config
 from .demo_task import build, held_out_pairs, verdict
@@ -55,7 +57,8 @@ def demo_config(out: str, seed: int, settings: dict, *extra: str):
         "model.preset='demo'", "model.lora_rank=32", "model.lora_alpha=64.0", f"model.lora_targets='{targets}'",
         f"run.seed={seed}",
         f"run.out_dir='{out}'", f"sft.steps={settings['sft_steps']}", f"gcpo.steps={settings['gcpo_steps']}",
-        "run.eval_every=0", f"gcpo.eval_every={settings['gcpo_eval_every']}", "run.checkpoint_every=0",
+        "run.eval_every=0", f"gcpo.eval_every={settings['gcpo_eval_every']}",
+        f"run.checkpoint_every={settings['sft_steps']}", "run.keep=3",          # the SFT model is kept (more_sft)
         "run.progress=false",
         *settings["sft"], *settings["gcpo"], *extra])
 
@@ -75,15 +78,22 @@ def principle_accuracy(judged: list[dict], which: list) -> dict[str, float]:
 
 def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tuple) -> dict:
     """The other use of GCPO's time: SFT for as many more steps as GCPO's wall time buys at the measured SFT step
-    time, from the same SFT model (the same seed replays the same first SFT steps), then the held-out accuracy."""
+    time, continued from the SFT model's checkpoint (its LoRA, optimizer state and step), then the held-out
+    accuracy."""
     sft_seconds = [r["seconds"] for r in history if r.get("stage") == "sft"]
     gcpo_seconds = sum(r["seconds"] for r in history if r.get("stage") == "gcpo")
     extra = max(1, round(gcpo_seconds / (sum(sft_seconds) / len(sft_seconds))))
+    sft_model = checkpoint_root(Path(out).parent) / f"step-{settings['sft_steps']:06d}"
+    if not (sft_model / "trainer.pt").is_file():
+        raise FileNotFoundError(f"{sft_model}: the SFT model's checkpoint is missing; run the demo first")
+    root = checkpoint_root(Path(out))
+    shutil.copytree(sft_model, root / sft_model.name, dirs_exist_ok=True)
+    write_text_atomic(root / LATEST, sft_model.name + "\n")
     longer = dict(settings, sft_steps=settings["sft_steps"] + extra, gcpo_steps=0)
     sft_rows, pairs, eval_rows = rows
-    trainer = VerifierTrainer(demo_config(out, seed, longer, "run.eval_every=0"), sft_rows=sft_rows,
+    trainer = VerifierTrainer(demo_config(out, seed, longer, "run.checkpoint_every=0"), sft_rows=sft_rows,
                               preference_rows=pairs, eval_rows=eval_rows)
-    trainer.run()
+    trainer.run(resume=True)
     return {"extra_sft_steps": extra, "gcpo_seconds": gcpo_seconds,
             "after_more_sft": trainer.history[-1]["eval_accuracy"]}
 
