@@ -6,8 +6,8 @@ Acceptance, every seed, on the fixed held-out set (150 tasks, one preference pai
 after SFT >= 0.55 with parse failures < 1 %; during GCPO the held-out accuracy never falls more than 2 points below
 the SFT start, and the training reward rises (mean of the last half of GCPO steps above the first half). Reports
 the GCPO gain (after GCPO - after SFT) with its spread over seeds and, beside it, the gain of spending GCPO's wall
-time on more SFT instead (demo.more_sft). Runs one seed at a time, the machine otherwise
-idle for the timings.
+time on more SFT instead (demo.more_sft: SFT continued from the same SFT checkpoint). Runs one seed at a time, the
+machine otherwise idle for the timings.
 """
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def seed_checks(result: dict) -> dict[str, bool]:
             "gcpo_train_reward_rises": rising}
 
 
+def summarise(results: list[dict], busy: float) -> dict:
+    from editrl_engine.verifier_train.demo import SETTINGS
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+    gains = [r["after_gcpo"] - r["after_sft"] for r in results]
+    sft_gains = [r["after_more_sft"] - r["after_sft"] for r in results]
+    checks = {f"seed {r['seed']}": seed_checks(r) for r in results}
+    return {"benchmark": "demo-verifier", "versions": versions(), "cpu_busy_at_start": busy,
+            "settings": SETTINGS["full"], "seeds": results,
+            "gcpo_gain_mean": statistics.mean(gains), "gcpo_gain_stdev": spread(gains),
+            "same_time_sft_gain_mean": statistics.mean(sft_gains), "same_time_sft_gain_stdev": spread(sft_gains),
+            "checks": checks, "pass": all(all(c.values()) for c in checks.values())}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -40,18 +53,11 @@ def main(argv=None) -> None:
 
     busy, results = cpu_busy_fraction(), []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
+        for seed in args.seeds:                          # the report is rewritten after each seed
             results.append(run(seed, f"{tmp}/seed-{seed}", SETTINGS["full"], same_time_sft=True))
+            report = summarise(results, busy)
+            write_json_atomic(args.out, report)
     gains = [r["after_gcpo"] - r["after_sft"] for r in results]
-    sft_gains = [r["after_more_sft"] - r["after_sft"] for r in results]
-    checks = {f"seed {r['seed']}": seed_checks(r) for r in results}
-    report = {"benchmark": "demo-verifier", "versions": versions(), "cpu_busy_at_start": busy,
-              "settings": SETTINGS["full"], "seeds": results,
-              "gcpo_gain_mean": statistics.mean(gains), "gcpo_gain_stdev": statistics.stdev(gains) if len(gains) > 1
-              else 0.0, "same_time_sft_gain_mean": statistics.mean(sft_gains),
-              "same_time_sft_gain_stdev": statistics.stdev(sft_gains) if len(sft_gains) > 1 else 0.0,
-              "checks": checks, "pass": all(all(c.values()) for c in checks.values())}
-    write_json_atomic(args.out, report)
     for r, gain in zip(results, gains):
         print(f"seed {r['seed']}: after SFT {r['after_sft']:.3f} after GCPO {r['after_gcpo']:.3f} (gain {gain:+.3f}), "
               f"SFT for the same time instead {r['after_more_sft']:.3f} (+{r['extra_sft_steps']} steps); "

@@ -32,8 +32,8 @@ from .trainer import VerifierTrainer
 
 SIZE = 32
 SETTINGS = {          # full demo, and --quick (a smoke run for the tests)
-    "full": dict(train_tasks=96, eval_tasks=150, sft_steps=250, gcpo_steps=20, gcpo_eval_every=5,
-                 sft=["sft.batch=8", "sft.lr=1e-3"],
+    "full": dict(train_tasks=1000, eval_tasks=150, sft_steps=900, gcpo_steps=20, gcpo_eval_every=5,
+                 sft=["sft.batch=16", "sft.lr=5e-4"],
                  gcpo=["gcpo.pairs=4", "gcpo.traces=4", "gcpo.lr=1e-4", "gcpo.kl_beta=0.01", "gcpo.temperature=0.7",
                        "gcpo.max_new_tokens=96", "gcpo.updates_per_batch=1", "gcpo.micro_batch=16"]),
     "quick": dict(train_tasks=6, eval_tasks=4, sft_steps=3, gcpo_steps=2, gcpo_eval_every=1,
