@@ -31,7 +31,7 @@ MAX_SECONDS = 180.0
 
 
 def seed_checks(result: dict) -> dict[str, bool]:
-    """The issue's acceptance for one seed's run summary."""
+    """The demo's acceptance for one seed's run summary."""
     before, after = result["rates_before"], result["rates_after"]
     worst = min((REMOVED, KEPT), key=lambda key: before[key])
     return {

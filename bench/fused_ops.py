@@ -175,7 +175,7 @@ def target(name: str, measured, compare: str, threshold: float) -> dict:
 
 
 def evaluate_targets(rows: list[dict], device: torch.device) -> list[dict]:
-    """The issue's targets; a target whose row was not run or failed has passed = null."""
+    """The benchmark's targets; a target whose row was not run or failed has passed = null."""
     def value(op, size, pass_name, variant, key):
         row = next((r for r in rows if (r["op"], r["size"], r["pass"], r["variant"]) == (op, size, pass_name,
                                                                                           variant)), None)

@@ -399,7 +399,7 @@ def describe_row(row: dict | None) -> str:
 
 
 def evaluate_targets(rows: list[dict], device: torch.device, model: str) -> list[dict]:
-    """The issue's GPU targets; passed = null (not evaluated) off CUDA or with a model that is not FLUX-sized."""
+    """The GPU targets; passed = null (not evaluated) off CUDA or with a model that is not FLUX-sized."""
     evaluated = device.type == "cuda" and model == "full"
     not_evaluated = None if evaluated else ("GPU target: not evaluated on CPU (tiny model)" if device.type != "cuda"
                                             else f"not evaluated with the {model!r} model")

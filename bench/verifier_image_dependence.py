@@ -12,7 +12,7 @@ change per layer). Variants:
   lora-lm-vision  the same plus LoRA on the vision tower's projections and patch merger
   full            every weight trained (no LoRA)
 --edited-view difference shows the verifier 128 + 2 (edited - source) in place of every edited image: the comparison
-the issue's learning prototype was given as an input.
+a small prototype verifier's front end was given as an input.
 
     python bench/verifier_image_dependence.py --steps 1000 --every 250
     python bench/verifier_image_dependence.py --variants lora-lm-vision --batch 32 --steps 1200 --every 300 \
