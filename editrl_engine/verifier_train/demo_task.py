@@ -14,10 +14,10 @@ one preferred.
 
 What the verifier is shown as the edited image (`edited_view`): "image", the edited image itself, as a real verifier
 sees it; or "difference", 128 + 2 (edited - source) clipped, a picture of what changed. The demo uses "difference":
-its random-weight verifier has no sight, the image is 8 of ~320 prompt tokens and the candidates' traces differ in
-~12 of ~77 tokens, so on the edited image SFT fits the trace format and the per-task verdict priors and never reads the
-edit (held-out accuracy 0 at every batch, lr and data size tried); shown the difference it reads the edit within
-minutes (bench/verifier_image_dependence.py and docs/design.md have the measurements).
+its random-weight verifier has no sight, an image is 4-16 of ~330 prompt tokens and the candidates' traces differ
+in ~12 of ~77 tokens, so on the edited image SFT fits the trace format and the per-task verdict priors and never
+reads the edit (held-out accuracy 0 at every batch, lr and data size tried); shown the difference it reads the edit
+within minutes (bench/verifier_image_dependence.py and docs/design.md have the measurements).
 """
 from __future__ import annotations
 
