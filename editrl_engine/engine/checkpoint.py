@@ -49,6 +49,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def step_dir(out_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives once committed."""
+    return checkpoint_root(out_dir) / f"step-{step:06d}"
+
+
 def staging_dir(out_dir: Path, step: int) -> Path:
     """The temporary folder every rank writes its part of checkpoint `step` into."""
     return checkpoint_root(out_dir) / f".tmp-step-{step:06d}"
@@ -67,7 +72,7 @@ def begin(out_dir: Path, step: int) -> Path:
 def commit(out_dir: Path, step: int, keep: int) -> Path:
     """Rename the staged folder into place, point `latest` at it, delete older checkpoints beyond `keep`."""
     root = checkpoint_root(out_dir)
-    stage, final = staging_dir(out_dir, step), root / f"step-{step:06d}"
+    stage, final = staging_dir(out_dir, step), step_dir(out_dir, step)
     write_text_atomic(stage / "meta.json", json.dumps({"step": step, "time": time.time()}))
     if final.exists():                                 # a re-run of the same step: replace the old one
         shutil.rmtree(final)

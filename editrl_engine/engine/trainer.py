@@ -458,7 +458,7 @@ class Trainer:
                          "optimizer": optimizer if self.fsdp else None},       # sharded optimizer state per rank
                         stage / f"rank-{place.policy_rank}.pt")
         place.policy_barrier()
-        final = ckpt.checkpoint_root(self.out_dir) / f"step-{self.step:06d}"
+        final = ckpt.step_dir(self.out_dir, self.step)
         if place.is_main:
             final = ckpt.commit(self.out_dir, self.step, self.config.checkpoint.keep)
         place.policy_barrier()

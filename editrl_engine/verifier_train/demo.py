@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..data.synthetic import make_tasks
-from ..engine.checkpoint import LATEST, checkpoint_root
+from ..engine.checkpoint import LATEST, checkpoint_root, step_dir
 from ..reward import verifier_prompts as vp
 from .config import load_verifier_config
 from .demo_task import build, held_out_pairs, verdict
@@ -85,7 +85,7 @@ def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tup
     sft_seconds = [r["seconds"] for r in history if r.get("stage") == "sft"]
     gcpo_seconds = sum(r["seconds"] for r in history if r.get("stage") == "gcpo")
     extra = max(1, round(gcpo_seconds / (sum(sft_seconds) / len(sft_seconds))))
-    sft_model = checkpoint_root(Path(out).parent) / f"step-{settings['sft_steps']:06d}"
+    sft_model = step_dir(Path(out).parent, settings["sft_steps"])
     if not (sft_model / "trainer.pt").is_file():
         raise FileNotFoundError(f"{sft_model}: the SFT model's checkpoint is missing; run the demo first")
     root = checkpoint_root(Path(out))

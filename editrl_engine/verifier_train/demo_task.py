@@ -75,11 +75,11 @@ def difference_view(edited: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return (128 + 2 * (edited.int() - source.int())).clamp(0, 255).to(torch.uint8)
 
 
-def shown(image: torch.Tensor, task: ShapeTask, edited_view: str) -> torch.Tensor:
-    """What the verifier is shown for an edited image of `task`."""
+def shown(image: torch.Tensor, source: torch.Tensor, edited_view: str) -> torch.Tensor:
+    """What the verifier is shown for an edited image of `source`."""
     if edited_view not in EDITED_VIEWS:
         raise ValueError(f"edited_view must be one of {EDITED_VIEWS}, got {edited_view!r}")
-    return difference_view(image, task.source_image()) if edited_view == "difference" else image
+    return difference_view(image, source) if edited_view == "difference" else image
 
 
 def judge(task: ShapeTask, images: dict[str, torch.Tensor]) -> list[Candidate]:
@@ -106,7 +106,7 @@ def build(tasks: list[ShapeTask], seed: int, edited_view: str = "image"
         candidates = judge(task, candidate_images(task, generator))
         judged[task.id] = candidates
         principles, source = principles_of(task), (task.source_image(),)
-        view = {c.name: shown(c.image, task, edited_view) for c in candidates}
+        view = {c.name: shown(c.image, source[0], edited_view) for c in candidates}
         sft += [SftRow(source, view[c.name], task.instruction, principles, c.trace) for c in candidates]
         for a in candidates:
             for b in candidates:
@@ -125,7 +125,8 @@ def held_out_pairs(n: int, seed: int, size: int, edited_view: str = "image"
         candidates = judge(task, candidate_images(task, generator))
         options = [(a, b) for a in candidates for b in candidates if a.reward - b.reward > PAIR_MARGIN]
         a, b = options[int(torch.randint(len(options), (1,), generator=generator))]
-        rows.append(PreferenceRow((task.source_image(),), task.instruction, principles_of(task),
-                                  shown(a.image, task, edited_view), shown(b.image, task, edited_view)))
+        source = task.source_image()
+        rows.append(PreferenceRow((source,), task.instruction, principles_of(task),
+                                  shown(a.image, source, edited_view), shown(b.image, source, edited_view)))
         which.append((task, a, b))
     return rows, which

@@ -141,14 +141,15 @@ class VerifierTrainer:
         items = [Item(tuple(load_image(s) for s in r.sources), load_image(r.edited), r.instruction, r.principles)
                  for r in rows]
         batch = model.batch(items, [model.encode_trace(r.trace) for r in rows])
+        lr = cfg.sft.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.sft.lr_at(step)
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss = sft_loss(model, batch)
         loss.backward()
         self._average_gradients()
         optimizer.step()
-        return {"loss": loss.item(), "lr": cfg.sft.lr_at(step), "trace_tokens": int(batch["mask"].sum())}
+        return {"loss": loss.item(), "lr": lr, "trace_tokens": int(batch["mask"].sum())}
 
     # ---- GCPO ----------------------------------------------------------------------------------------------------
     def _start_gcpo(self) -> None:
