@@ -110,6 +110,9 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
         assert 0.0 <= summary[key] <= 1.0
     assert len(summary["gcpo_train_reward"]) == 2
     assert summary["after_gcpo"] <= 1 - summary["identical_pairs"]     # an identical pair is a tie: wrong
+    kinds = summary["per_pair_kind"]                                       # the breakdown adds up to the whole
+    assert sum(k["pairs"] for k in kinds.values()) == 4
+    assert sum(k["pairs"] * k["accuracy"] for k in kinds.values()) / 4 == pytest.approx(summary["after_gcpo"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
     assert (tmp_path / "lora").is_dir()
@@ -151,3 +154,15 @@ def test_more_sft_starts_from_the_sft_models_parameters(tmp_path):
     for (name, a), (_, b) in zip(straight.model.peft.named_parameters(), continued.model.peft.named_parameters()):
         if "lora_" in name:
             assert torch.equal(a, b), name
+
+
+def test_pair_kind_accuracy_by_hand():
+    from editrl_engine.verifier_train.demo import pair_kind_accuracy
+    named = lambda name: dt.Candidate(name, None, 0.0, (0.0, 0.0, 0.0), "")
+    which = [(None, named("target"), named("erased")), (None, named("target"), named("erased")),
+             (None, named("target"), named("source")), (None, named("noisy"), named("wrong"))]
+    judged = [{"preferred": 10.0, "rejected": 0.0}, {"preferred": 10.0, "rejected": 10.0},      # right, tie
+              {"preferred": float("nan"), "rejected": 0.0}, {"preferred": 2.0, "rejected": 0.0}]  # unparsed, right
+    assert pair_kind_accuracy(judged, which) == {"noisy>wrong": {"pairs": 1, "accuracy": 1.0},
+                                                 "target>erased": {"pairs": 2, "accuracy": 0.5},
+                                                 "target>source": {"pairs": 1, "accuracy": 0.0}}

@@ -78,6 +78,15 @@ def principle_accuracy(judged: list[dict], which: list) -> dict[str, float]:
     return {kind: sum(v) / len(v) for kind, v in hits.items()}
 
 
+def pair_kind_accuracy(judged: list[dict], which: list) -> dict[str, dict]:
+    """Per kind of held-out pair ("target>erased": the exact target preferred over every shape erased): how many
+    there are and the strict accuracy on them, the view that shows which judgements the verifier has not learnt."""
+    kinds: dict[str, list[bool]] = {}
+    for result, (_task, a, b) in zip(judged, which):
+        kinds.setdefault(f"{a.name}>{b.name}", []).append(result["preferred"] > result["rejected"])
+    return {kind: {"pairs": len(v), "accuracy": sum(v) / len(v)} for kind, v in sorted(kinds.items())}
+
+
 def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tuple) -> dict:
     """The other use of GCPO's time: SFT for as many more steps as GCPO's wall time buys at the measured SFT step
     time, continued from the SFT model's checkpoint (its LoRA, optimizer state and step), then the held-out
@@ -124,6 +133,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
         "gcpo_train_reward": [r["train_reward"] for r in trainer.history if "train_reward" in r],
         "identical_pairs": sum(j["texts"][0] == j["texts"][1] for j in judged) / len(judged),
         "per_principle": principle_accuracy(judged, which),
+        "per_pair_kind": pair_kind_accuracy(judged, which),
         "examples": [{"instruction": row.instruction, "preferred": j["texts"][0], "rejected": j["texts"][1]}
                      for row, j in list(zip(eval_rows, judged))[:3]],
         "seconds": time.perf_counter() - started,
@@ -143,6 +153,8 @@ def main(args: argparse.Namespace) -> dict:
     print(f"pairs given the same verdict text for both images: {summary['identical_pairs']:.3f}")
     print("per-principle verdict accuracy after GCPO: " + ", ".join(f"{k} {fmt(v)}"
                                                                      for k, v in summary["per_principle"].items()))
+    print("accuracy by pair kind after GCPO: " + ", ".join(f"{k} {fmt(v['accuracy'])} ({v['pairs']})"
+                                                             for k, v in summary["per_pair_kind"].items()))
     for example in summary["examples"][:2]:
         print(f"  {example['instruction']}\n    preferred: {example['preferred'][:160]}\n"
               f"    rejected:  {example['rejected'][:160]}")
