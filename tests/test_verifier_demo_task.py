@@ -113,6 +113,8 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     kinds = summary["per_pair_kind"]                                       # the breakdown adds up to the whole
     assert sum(k["pairs"] for k in kinds.values()) == 4
     assert sum(k["pairs"] * k["accuracy"] for k in kinds.values()) / 4 == pytest.approx(summary["after_gcpo"])
+    kinds = summary["per_pair_kind_after_sft"]
+    assert sum(k["pairs"] * k["accuracy"] for k in kinds.values()) / 4 == pytest.approx(summary["after_sft"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
     assert (tmp_path / "lora").is_dir()

@@ -123,7 +123,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
                               eval_rows=eval_rows)
     trainer.run()
     evals = [r for r in trainer.history if "eval_accuracy" in r]
-    judged = trainer.judge_pairs(eval_rows)
+    judged = trainer.judged[trainer.step]                          # the last evaluation's greedy traces
     summary = {
         "seed": seed, "edited_view": edited_view, "chance": 0.5, "before": evals[0]["eval_accuracy"],
         "after_sft": next(r["eval_accuracy"] for r in evals if r["step"] == settings["sft_steps"]),
@@ -133,6 +133,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
         "gcpo_train_reward": [r["train_reward"] for r in trainer.history if "train_reward" in r],
         "identical_pairs": sum(j["texts"][0] == j["texts"][1] for j in judged) / len(judged),
         "per_principle": principle_accuracy(judged, which),
+        "per_pair_kind_after_sft": pair_kind_accuracy(trainer.judged[settings["sft_steps"]], which),
         "per_pair_kind": pair_kind_accuracy(judged, which),
         "examples": [{"instruction": row.instruction, "preferred": j["texts"][0], "rejected": j["texts"][1]}
                      for row, j in list(zip(eval_rows, judged))[:3]],

@@ -73,6 +73,7 @@ class VerifierTrainer:
         self.step = 0
         self.stop_signal: int | None = None
         self.history: list[dict] = []
+        self.judged: dict[int, list[dict]] = {}     # step -> its held-out evaluation's judge_pairs output
 
     # ---- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -264,7 +265,7 @@ class VerifierTrainer:
         return out
 
     def evaluate(self) -> dict:
-        judged = self.judge_pairs(self.eval_rows)
+        judged = self.judged[self.step] = self.judge_pairs(self.eval_rows)
         correct = [j["preferred"] > j["rejected"] for j in judged]            # NaN compares False: wrong
         unparsed = sum(math.isnan(j[k]) for j in judged for k in ("preferred", "rejected"))
         return {"eval_accuracy": sum(correct) / len(correct), "eval_parse_failures": unparsed / (2 * len(judged))}
