@@ -48,13 +48,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "demo-verifier-cpu.json")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep each seed's run folder (checkpoints, metrics, lora) under WORK/seed-S; "
+                             "default: a temporary folder, removed at the end")
     args = parser.parse_args(argv)
     from editrl_engine.verifier_train.demo import SETTINGS, run
 
     busy, results = cpu_busy_fraction(), []
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
         for seed in args.seeds:                          # the report is rewritten after each seed
-            results.append(run(seed, f"{tmp}/seed-{seed}", SETTINGS["full"], same_time_sft=True))
+            results.append(run(seed, f"{work}/seed-{seed}", SETTINGS["full"], same_time_sft=True))
             report = summarise(results, busy)
             write_json_atomic(args.out, report)
     gains = [r["after_gcpo"] - r["after_sft"] for r in results]

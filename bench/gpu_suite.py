@@ -133,6 +133,9 @@ EXCLUDED = {
     # why the verifier demo does not learn: SFT runs of the CPU-only tiny verifier, minutes each
     "bench/verifier_image_dependence.py": "CPU-only diagnosis of the demo verifier's SFT (3 variants x ~6 min); "
                                           "writes verifier-image-dependence-cpu.json",
+    # which held-out pair kinds the demo's SFT verifier gets wrong: reads demo_verifier.py's kept run folders
+    "bench/verifier_pair_kinds.py": "CPU-only diagnosis of the demo verifier's SFT checkpoints (needs "
+                                    "demo_verifier.py --work); writes verifier-pair-kinds-cpu.json",
     # this runner itself
     "bench/gpu_suite.py": "the runner of this plan",
 }

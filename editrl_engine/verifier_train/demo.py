@@ -87,6 +87,22 @@ def pair_kind_accuracy(judged: list[dict], which: list) -> dict[str, dict]:
     return {kind: {"pairs": len(v), "accuracy": sum(v) / len(v)} for kind, v in sorted(kinds.items())}
 
 
+def eval_set(seed: int, settings: dict, edited_view: str = "difference"):
+    """A seed's fixed held-out pairs and their candidates (demo_task.held_out_pairs)."""
+    return held_out_pairs(settings["eval_tasks"], seed=10_000 + seed, size=SIZE, edited_view=edited_view)
+
+
+def start_from_sft_model(run_dir: str | Path, into: str | Path, settings: dict) -> None:
+    """Copies the SFT model's checkpoint of a demo run folder (its LoRA, optimizer state and step) into `into` as
+    its latest checkpoint, so a trainer there resumes from it."""
+    sft_model = step_dir(Path(run_dir), settings["sft_steps"])
+    if not (sft_model / "trainer.pt").is_file():
+        raise FileNotFoundError(f"{sft_model}: the SFT model's checkpoint is missing; run the demo first")
+    root = checkpoint_root(Path(into))
+    shutil.copytree(sft_model, root / sft_model.name, dirs_exist_ok=True)
+    write_text_atomic(root / LATEST, sft_model.name + "\n")
+
+
 def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tuple) -> dict:
     """The other use of GCPO's time: SFT for as many more steps as GCPO's wall time buys at the measured SFT step
     time, continued from the SFT model's checkpoint (its LoRA, optimizer state and step), then the held-out
@@ -94,12 +110,7 @@ def more_sft(seed: int, out: str, settings: dict, history: list[dict], rows: tup
     sft_seconds = [r["seconds"] for r in history if r.get("stage") == "sft"]
     gcpo_seconds = sum(r["seconds"] for r in history if r.get("stage") == "gcpo")
     extra = max(1, round(gcpo_seconds / (sum(sft_seconds) / len(sft_seconds))))
-    sft_model = step_dir(Path(out).parent, settings["sft_steps"])
-    if not (sft_model / "trainer.pt").is_file():
-        raise FileNotFoundError(f"{sft_model}: the SFT model's checkpoint is missing; run the demo first")
-    root = checkpoint_root(Path(out))
-    shutil.copytree(sft_model, root / sft_model.name, dirs_exist_ok=True)
-    write_text_atomic(root / LATEST, sft_model.name + "\n")
+    start_from_sft_model(Path(out).parent, out, settings)
     longer = dict(settings, sft_steps=settings["sft_steps"] + extra, gcpo_steps=0)
     sft_rows, pairs, eval_rows = rows
     trainer = VerifierTrainer(demo_config(out, seed, longer, "run.checkpoint_every=0"), sft_rows=sft_rows,
@@ -116,7 +127,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
     image (demo_task.EDITED_VIEWS)."""
     started = time.perf_counter()
     sft_rows, pairs, _ = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed, edited_view)
-    eval_rows, which = held_out_pairs(settings["eval_tasks"], seed=10_000 + seed, size=SIZE, edited_view=edited_view)
+    eval_rows, which = eval_set(seed, settings, edited_view)
     log(f"demo-verifier seed {seed}: {len(sft_rows)} SFT traces, {len(pairs)} training pairs, {len(eval_rows)} "
         f"held-out pairs, edited images shown as {edited_view!r}")
     trainer = VerifierTrainer(demo_config(out, seed, settings), sft_rows=sft_rows, preference_rows=pairs,

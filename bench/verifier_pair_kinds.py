@@ -1,0 +1,88 @@
+"""Which held-out judgements the demo's SFT verifier gets wrong, and whether GCPO's sampled groups carry a signal on
+them (`editrl demo-verifier`, verifier_train/demo.py).
+
+    python bench/demo_verifier.py --work /tmp/demo                  # keeps each seed's run folder
+    python bench/verifier_pair_kinds.py /tmp/demo --seeds 0 1 2     # -> bench/results/verifier-pair-kinds-cpu.json
+
+For each seed, from the SFT model's checkpoint in WORK/seed-S, and for each kind of held-out pair ("target>erased":
+the exact target preferred over every shape erased; demo.pair_kind_accuracy): greedy strict pairwise accuracy, and
+over GCPO's sampled groups (N traces an image at the demo's temperature and top-p, the trainer's gcpo_step code path):
+the fraction of groups whose rewards all agree (zero variance: no policy gradient) and the mean GCPO reward. A kind
+the verifier gets wrong under greedy decoding but whose groups vary is one GCPO can learn from.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, cpu_busy_fraction, versions, write_json_atomic  # noqa: E402
+
+
+def group_statistics(trainer, rows, which) -> dict[str, dict]:
+    """Per pair kind: zero-variance fraction and mean reward of the 2 groups (preferred, rejected) of each pair."""
+    import torch
+
+    from editrl_engine.verifier_train import gcpo
+    from editrl_engine.verifier_train.model import Item
+    from editrl_engine.verifier_train.trainer import trace_score
+    g = trainer.config.gcpo
+    kinds: dict[str, list[torch.Tensor]] = {}
+    for index, (row, (_task, a, b)) in enumerate(zip(rows, which)):
+        sampled = trainer.model.sample_pair(Item(row.sources, None, row.instruction, row.principles),
+                                            [row.preferred, row.rejected], g.traces, temperature=g.temperature,
+                                            top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=index)
+        tau = torch.tensor([trace_score(row.principles, t) for t in sampled.texts])           # [2N]
+        kinds.setdefault(f"{a.name}>{b.name}", []).extend(gcpo.pair_rewards(tau[:g.traces], tau[g.traces:]))
+    out = {}
+    for kind, groups in sorted(kinds.items()):
+        rewards = torch.stack(groups)                                                          # [groups, N]
+        out[kind] = {"groups": len(groups), "zero_variance": float((rewards.std(dim=1) == 0).float().mean()),
+                     "mean_reward": float(rewards.mean())}
+    return out
+
+
+def seed_report(work: Path, seed: int, preset: str = "full") -> dict:
+    from editrl_engine.verifier_train.demo import (
+        SETTINGS,
+        demo_config,
+        eval_set,
+        pair_kind_accuracy,
+        start_from_sft_model,
+    )
+    from editrl_engine.verifier_train.trainer import VerifierTrainer
+    settings = dict(SETTINGS[preset], gcpo_steps=0)
+    rows, which = eval_set(seed, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        start_from_sft_model(work / f"seed-{seed}", tmp, settings)
+        trainer = VerifierTrainer(demo_config(tmp, seed, settings, "run.checkpoint_every=0"), sft_rows=[None],
+                                  preference_rows=[], eval_rows=[])
+        trainer.run(resume=True)                      # loads the SFT model; no step is left to run
+        greedy = pair_kind_accuracy(trainer.judge_pairs(rows), which)
+        sampled = group_statistics(trainer, rows, which)
+    return {"seed": seed, "kinds": {k: {**greedy[k], **sampled[k]} for k in greedy}}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", type=Path, help="bench/demo_verifier.py's --work folder (seed-S/checkpoints)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="the demo's --quick settings (a smoke run's folders)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "verifier-pair-kinds-cpu.json")
+    args = parser.parse_args(argv)
+    busy, seeds = cpu_busy_fraction(), []
+    for seed in args.seeds:
+        seeds.append(seed_report(args.work, seed, "quick" if args.quick else "full"))
+        write_json_atomic(args.out, {"benchmark": "verifier-pair-kinds", "versions": versions(),
+                                     "cpu_busy_at_start": busy, "seeds": seeds})
+        print(f"seed {seed}  {'kind':<16} pairs  greedy accuracy  zero-variance groups  mean GCPO reward")
+        for kind, k in seeds[-1]["kinds"].items():
+            print(f"        {kind:<16} {k['pairs']:>5}  {k['accuracy']:>15.3f}  {k['zero_variance']:>20.3f}  "
+                  f"{k['mean_reward']:>16.3f}")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
