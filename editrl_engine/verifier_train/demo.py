@@ -4,8 +4,8 @@ The verifier is the `verifier` reward's own Qwen2.5-VL code path, prompts and pa
 4 layers: the 2-layer `tiny` cannot keep the verdict JSON in order), with a LoRA on the language model, the output
 head and the vision tower. Its data (demo_task.py): every candidate edit of the training tasks with its object-level
 trace (SFT) and the pairs whose object-level rewards differ (GCPO). It prints held-out strict pairwise accuracy
-(chance 0.5; after SFT; after GCPO; ties and unparseable answers count as wrong), per-principle verdict accuracy and
-example traces, and writes its run folder: metrics.jsonl, summary.json, lora/.
+(chance 0.5; after SFT; after GCPO; ties and unparseable answers count as wrong), per-principle verdict accuracy,
+accuracy by pair kind and example traces, and writes its run folder: metrics.jsonl, summary.json, lora/.
 
 One intentional difference from a real verifier, `--edited-view difference` (the default): the verifier is shown
 128 + 2 (edited - source) in place of each edited image. A random-weight VLM has no sight; shown the edited image
