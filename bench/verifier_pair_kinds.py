@@ -26,20 +26,16 @@ def group_statistics(trainer, rows, which) -> dict[str, dict]:
     import torch
 
     from editrl_engine.verifier_train import gcpo
-    from editrl_engine.verifier_train.model import Item
-    from editrl_engine.verifier_train.trainer import trace_score
-    g = trainer.config.gcpo
+    n = trainer.config.gcpo.traces
     kinds: dict[str, list[torch.Tensor]] = {}
     for index, (row, (_task, a, b)) in enumerate(zip(rows, which)):
-        sampled = trainer.model.sample_pair(Item(row.sources, None, row.instruction, row.principles),
-                                            [row.preferred, row.rejected], g.traces, temperature=g.temperature,
-                                            top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=index)
-        tau = torch.tensor([trace_score(row.principles, t) for t in sampled.texts])           # [2N]
-        kinds.setdefault(f"{a.name}>{b.name}", []).extend(gcpo.pair_rewards(tau[:g.traces], tau[g.traces:]))
+        tau = trainer.sample_pair_groups(row, seed=index)[3]                                  # [2N]
+        kinds.setdefault(f"{a.name}>{b.name}", []).extend(gcpo.pair_rewards(tau[:n], tau[n:]))
     out = {}
     for kind, groups in sorted(kinds.items()):
         rewards = torch.stack(groups)                                                          # [groups, N]
-        out[kind] = {"groups": len(groups), "zero_variance": float((rewards.std(dim=1) == 0).float().mean()),
+        zero = gcpo.group_advantages(rewards)[1]                                               # [groups]
+        out[kind] = {"groups": len(groups), "zero_variance": float(zero.float().mean()),
                      "mean_reward": float(rewards.mean())}
     return out
 

@@ -32,7 +32,7 @@ from ..reward.verifier import aggregate
 from . import gcpo
 from .config import VerifierTrainConfig
 from .data import PreferenceRow, SftRow, load_image, read_preferences, read_sft
-from .model import Item, VerifierModel
+from .model import Item, Traces, VerifierModel
 
 
 def trace_score(principles: Sequence[vp.Principle], text: str) -> float:
@@ -178,6 +178,17 @@ class VerifierTrainer:
                 if ".ref." in name:
                     parameter.requires_grad_(False)
 
+    def sample_pair_groups(self, row: PreferenceRow, seed: int) -> tuple[Item, list, Traces, torch.Tensor]:
+        """GCPO's two groups of one preference row: gcpo.traces traces for each image at the sampling settings
+        (the shared prefix prefilled once) and their final scores τ [2N] (NaN: unparseable); also the shared item
+        and the loaded candidate images."""
+        g = self.config.gcpo
+        shared = Item(tuple(load_image(s) for s in row.sources), None, row.instruction, row.principles)
+        candidates = [load_image(row.preferred), load_image(row.rejected)]
+        sampled = self.model.sample_pair(shared, candidates, g.traces, temperature=g.temperature, top_p=g.top_p,
+                                         max_new_tokens=g.max_new_tokens, seed=seed)
+        return shared, candidates, sampled, torch.tensor([trace_score(row.principles, t) for t in sampled.texts])
+
     def gcpo_step(self, step: int, optimizer) -> dict:
         cfg, model, g = self.config, self.model, self.config.gcpo
         generator = step_generator(cfg.run.seed, step)
@@ -185,16 +196,12 @@ class VerifierTrainer:
         items, traces, rewards, failures, started = [], [], [], 0, time.perf_counter()
         for p, index in list(enumerate(picks.tolist()))[self.rank::self.world]:          # this rank's pairs
             row = self.preference_rows[index]
-            sources = tuple(load_image(s) for s in row.sources)
-            shared = Item(sources, None, row.instruction, row.principles)
-            candidates = [load_image(row.preferred), load_image(row.rejected)]
-            sampled = model.sample_pair(shared, candidates, g.traces, temperature=g.temperature, top_p=g.top_p,
-                                        max_new_tokens=g.max_new_tokens, seed=cfg.run.seed * 7919 + step * 131 + p)
-            tau = torch.tensor([trace_score(row.principles, t) for t in sampled.texts])          # [2N]
+            shared, candidates, sampled, tau = self.sample_pair_groups(row, cfg.run.seed * 7919 + step * 131 + p)
             failures += int(torch.isnan(tau).sum())
             r_w, r_l = gcpo.pair_rewards(tau[:g.traces], tau[g.traces:])
             rewards += [r_w, r_l]
-            items += [Item(sources, c, row.instruction, row.principles) for c in candidates for _ in range(g.traces)]
+            items += [Item(shared.sources, c, row.instruction, row.principles)
+                      for c in candidates for _ in range(g.traces)]
             traces += sampled.ids
         sampling_s = time.perf_counter() - started
         grouped = torch.stack(rewards)                                                        # [2P, N]
