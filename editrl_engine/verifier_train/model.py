@@ -8,10 +8,12 @@ the right.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -169,7 +171,70 @@ class VerifierModel:
         ids = [row[:row.index(self.end_id) + 1] if self.end_id in row else row for row in rows]
         return Traces(ids, [self.tokenizer.decode(t, skip_special_tokens=True) for t in ids])
 
-    # ---- saving ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def judge_texts(self, rows: Sequence[Item], candidates: Sequence[Sequence], max_new_tokens: int,
+                    batch_groups: int = 16) -> list[str]:
+        """Greedy traces for every candidate of each row, row-major. The rows' prefixes are prefilled batch_groups
+        at a time (left-padded) and each candidate continues its row's cache (reward/group_generation.answers, the
+        verifier's own batched shared-prefix path)."""
+        from ..reward.group_generation import answers
+        from ..reward.verifier import GroupDecoding, Sampling
+        decoding = GroupDecoding(Sampling(max_new_tokens=max_new_tokens), self.end_id)
+        prefixes = [vp.verdict_prefix(r.instruction, r.principles, len(r.sources)) for r in rows]
+        with self.autocast_context():
+            return answers(self.vlm, self.image_size, batch_groups, prefixes, [list(r.sources) for r in rows],
+                           vp.verdict_suffix(), candidates, [decoding])[0]
+
+    # ---- the KL reference: the SFT model, frozen -------------------------------------------------------------------
+    def freeze_reference(self) -> None:
+        """A frozen copy of the LoRA as adapter "ref" (once)."""
+        peft_model = self.peft
+        if "ref" in peft_model.peft_config:
+            return
+        peft_model.add_adapter("ref", peft_model.peft_config["default"])
+        state = {n: p for n, p in peft_model.named_parameters() if ".default." in n}
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if ".ref." in name:
+                    parameter.copy_(state[name.replace(".ref.", ".default.")])
+        self._activate("default")
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Within: the model computes with the reference adapter."""
+        self._activate("ref")
+        try:
+            yield
+        finally:
+            self._activate("default")
+
+    def _activate(self, adapter: str) -> None:
+        self.peft.set_adapter(adapter)              # peft marks the active adapter trainable: keep "ref" frozen
+        for name, parameter in self.peft.named_parameters():
+            if ".ref." in name:
+                parameter.requires_grad_(False)
+
+    # ---- checkpoints and saving ------------------------------------------------------------------------------------
+    def adapters(self) -> list[str]:
+        return [name for name in ("default", "ref") if name in self.peft.peft_config]
+
+    def save_adapters(self, directory: Path) -> list[str]:
+        """Every adapter (the trained LoRA, and the reference once GCPO has started) into a checkpoint folder."""
+        names = self.adapters()
+        self.peft.save_pretrained(str(directory), selected_adapters=names)
+        return names
+
+    def load_adapters(self, directory: Path, names: Sequence[str]) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        if "ref" in names:
+            self.freeze_reference()
+        for adapter in names:
+            folder = directory / ("" if adapter == "default" else adapter)        # peft's layout
+            weights = load_file(str(folder / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.peft, weights, adapter_name=adapter)
+        self._activate("default")
+
     def save(self, directory: str | os.PathLike) -> str:
         """The LoRA as peft writes it (adapter_config.json + adapter_model.safetensors)."""
         self.peft.save_pretrained(os.fspath(directory), selected_adapters=["default"])

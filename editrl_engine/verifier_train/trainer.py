@@ -116,7 +116,7 @@ class VerifierTrainer:
                 if self.stage_of(step) != stage:
                     stage = self.stage_of(step)
                     if stage == "gcpo":
-                        self._start_gcpo()
+                        self.model.freeze_reference()          # the SFT model, frozen, as the KL reference
                     optimizer = self._optimizer(stage)
                 start = time.perf_counter()
                 record = self.sft_step(step, optimizer) if stage == "sft" else self.gcpo_step(step, optimizer)
@@ -153,31 +153,6 @@ class VerifierTrainer:
         return {"loss": loss.item(), "lr": lr, "trace_tokens": int(batch["mask"].sum())}
 
     # ---- GCPO ----------------------------------------------------------------------------------------------------
-    def _start_gcpo(self) -> None:
-        """The SFT model, frozen, as the KL reference: a copy of the LoRA as adapter "ref"."""
-        peft_model = self.model.peft
-        if "ref" not in peft_model.peft_config:
-            peft_model.add_adapter("ref", peft_model.peft_config["default"])
-            state = {n: p for n, p in peft_model.named_parameters() if ".default." in n}
-            with torch.no_grad():
-                for name, parameter in peft_model.named_parameters():
-                    if ".ref." in name:
-                        parameter.copy_(state[name.replace(".ref.", ".default.")])
-                        parameter.requires_grad_(False)
-            peft_model.set_adapter("default")
-
-    @contextlib.contextmanager
-    def _reference(self):
-        peft_model = self.model.peft
-        peft_model.set_adapter("ref")
-        try:
-            yield
-        finally:
-            peft_model.set_adapter("default")
-            for name, parameter in peft_model.named_parameters():
-                if ".ref." in name:
-                    parameter.requires_grad_(False)
-
     def sample_pair_groups(self, row: PreferenceRow, seed: int) -> tuple[Item, list, Traces, torch.Tensor]:
         """GCPO's two groups of one preference row: gcpo.traces traces for each image at the sampling settings
         (the shared prefix prefilled once) and their final scores τ [2N] (NaN: unparseable); also the shared item
@@ -212,7 +187,7 @@ class VerifierTrainer:
         with torch.no_grad():
             old = [model.token_logp(b) for b in batches]
             if g.kl_beta:
-                with self._reference():
+                with model.reference():
                     ref = [model.token_logp(b) for b in batches]
             else:
                 ref = [None] * len(batches)
@@ -249,21 +224,11 @@ class VerifierTrainer:
             parameter.grad /= self.world
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def judge_pairs(self, rows: Sequence[PreferenceRow], batch_groups: int = 16) -> list[dict]:
-        """Greedy traces for both images of each row and their final scores. The rows' prefixes are prefilled
-        batch_groups at a time (left-padded) and both candidates of a row continue their row's cache
-        (reward/group_generation.answers, the verifier's own batched shared-prefix path)."""
-        from ..reward.group_generation import answers
-        from ..reward.verifier import GroupDecoding, Sampling
-        model = self.model
-        decoding = GroupDecoding(Sampling(max_new_tokens=self.config.gcpo.max_new_tokens), model.end_id)
-        prefixes = [vp.verdict_prefix(r.instruction, r.principles, len(r.sources)) for r in rows]
-        sources = [[load_image(s) for s in r.sources] for r in rows]
+    def judge_pairs(self, rows: Sequence[PreferenceRow]) -> list[dict]:
+        """Greedy traces for both images of each row and their final scores."""
+        items = [Item(tuple(load_image(s) for s in r.sources), None, r.instruction, r.principles) for r in rows]
         candidates = [[load_image(r.preferred), load_image(r.rejected)] for r in rows]
-        with model.autocast_context():
-            texts = answers(model.vlm, model.image_size, batch_groups, prefixes, sources, vp.verdict_suffix(),
-                            candidates, [decoding])[0]
+        texts = self.model.judge_texts(items, candidates, self.config.gcpo.max_new_tokens)
         out = []
         for r, row in enumerate(rows):
             pair = texts[2 * r: 2 * r + 2]
@@ -280,28 +245,14 @@ class VerifierTrainer:
     # ---- checkpoints, signals, logs ------------------------------------------------------------------------------
     def _save(self, optimizer, stage: str) -> Path:
         stage_dir = ckpt.begin(self.out_dir, self.step)
-        peft_model = self.model.peft
-        adapters = [name for name in ("default", "ref") if name in peft_model.peft_config]
-        peft_model.save_pretrained(str(stage_dir / "adapters"), selected_adapters=adapters)
+        adapters = self.model.save_adapters(stage_dir / "adapters")
         ckpt.save_torch({"step": self.step, "stage": stage, "optimizer": optimizer.state_dict(),
                          "adapters": adapters, "rng": ckpt.rng_state()}, stage_dir / "trainer.pt")
         return ckpt.commit(self.out_dir, self.step, self.config.run.keep)
 
     def _load(self, folder: Path):
-        from safetensors.torch import load_file
         state = ckpt.load_torch(folder / "trainer.pt")
-        if "ref" in state["adapters"]:
-            self._start_gcpo()
-        peft_model = self.model.peft
-        for adapter in state["adapters"]:
-            sub = folder / "adapters" / ("" if adapter == "default" else adapter)
-            weights = load_file(str(sub / "adapter_model.safetensors"))
-            from peft import set_peft_model_state_dict
-            set_peft_model_state_dict(peft_model, weights, adapter_name=adapter)
-        peft_model.set_adapter("default")
-        for name, parameter in peft_model.named_parameters():
-            if ".ref." in name:
-                parameter.requires_grad_(False)
+        self.model.load_adapters(folder / "adapters", state["adapters"])
         optimizer = self._optimizer(state["stage"])
         optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
