@@ -130,7 +130,7 @@ EXCLUDED = {
     # the verifier-training demo over three seeds: a CPU-only tiny verifier on the synthetic shapes task
     "bench/demo_verifier.py": "CPU-only acceptance run of `editrl demo-verifier` (3 seeds); writes "
                               "demo-verifier-cpu.json whatever the device",
-    # why the verifier demo does not learn: SFT runs of the CPU-only tiny verifier, minutes each
+    # why the verifier demo's VLM does not learn: SFT runs of the CPU-only tiny VLM verifier, minutes each
     "bench/verifier_image_dependence.py": "CPU-only diagnosis of the demo verifier's SFT (3 variants x ~6 min); "
                                           "writes verifier-image-dependence-cpu.json",
     # which held-out pair kinds the demo's SFT verifier gets wrong: reads demo_verifier.py's kept run folders

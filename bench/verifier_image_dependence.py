@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Does the demo verifier look at the edited image? A diagnosis of `editrl demo-verifier` (verifier_train/demo.py).
+"""Does the demo's VLM verifier look at the edited image? A diagnosis of `editrl demo-verifier --verifier vlm`
+(verifier_train/demo.py).
 
-The demo's verifier is the real Qwen2.5-VL verifier code path at the `demo` preset with random weights. This script
+That verifier is the real Qwen2.5-VL verifier code path at the `demo` preset with random weights. This script
 trains its SFT stage on the demo's data with three choices of trained weights and measures, every --every steps:
   gap       the SFT loss (nats per trace token) on 32 fixed training traces with each row's edited image moved to
             another row, minus the loss with the right images: 0 when the model ignores the edited image
@@ -67,7 +68,7 @@ def demo_data(args) -> tuple[list, list, list]:
     from editrl_engine.data.synthetic import make_tasks
     from editrl_engine.verifier_train.demo import SETTINGS, SIZE
     from editrl_engine.verifier_train.demo_task import build, held_out_pairs
-    tasks = make_tasks(args.train_tasks or SETTINGS["full"]["train_tasks"], seed=args.seed, size=SIZE)
+    tasks = make_tasks(args.train_tasks or SETTINGS["vlm"]["train_tasks"], seed=args.seed, size=SIZE)
     sft_rows, pairs, _ = build(tasks, args.seed, args.edited_view)
     eval_rows, _ = held_out_pairs(args.eval_tasks, seed=10_000 + args.seed, size=SIZE, edited_view=args.edited_view)
     return sft_rows, pairs, eval_rows
@@ -78,7 +79,7 @@ def run_variant(variant: str, args, data: tuple[list, list, list]) -> dict:
     from editrl_engine.verifier_train.model import Item
     from editrl_engine.verifier_train.trainer import VerifierTrainer, sft_loss
 
-    settings = dict(SETTINGS["full"], sft_steps=args.steps, gcpo_steps=0)
+    settings = dict(SETTINGS["vlm"], sft_steps=args.steps, gcpo_steps=0)
     sft_rows, pairs, eval_rows = data
     targets = TARGETS + VISION_TARGETS if variant == "lora-lm-vision" else TARGETS
     config = demo_config(f"{args.work}/{variant}", args.seed, settings, f"run.eval_every={args.every}",

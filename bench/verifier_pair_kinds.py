@@ -3,6 +3,7 @@ them (`editrl demo-verifier`, verifier_train/demo.py).
 
     python bench/demo_verifier.py --work /tmp/demo                  # keeps each seed's run folder
     python bench/verifier_pair_kinds.py /tmp/demo --seeds 0 1 2     # -> bench/results/verifier-pair-kinds-cpu.json
+    (--verifier vlm for a run of the VLM verifier: -> verifier-pair-kinds-vlm-cpu.json)
 
 For each seed, from the SFT model's checkpoint in WORK/seed-S, and for each kind of held-out pair ("target>erased":
 the exact target preferred over every shape erased; demo.pair_kind_accuracy): greedy strict pairwise accuracy, and
@@ -40,21 +41,26 @@ def group_statistics(trainer, rows, which) -> dict[str, dict]:
     return out
 
 
-def seed_report(work: Path, seed: int, preset: str = "full") -> dict:
+def seed_report(work: Path, seed: int, preset: str = "small") -> dict:
+    from editrl_engine.data.synthetic import make_tasks
     from editrl_engine.verifier_train.demo import (
         SETTINGS,
+        SIZE,
         demo_config,
         eval_set,
+        new_model,
         pair_kind_accuracy,
         start_from_sft_model,
     )
+    from editrl_engine.verifier_train.demo_task import build
     from editrl_engine.verifier_train.trainer import VerifierTrainer
     settings = dict(SETTINGS[preset], gcpo_steps=0)
     rows, which = eval_set(seed, settings)
+    sft_rows = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed, settings["edited_view"])[0]
     with tempfile.TemporaryDirectory() as tmp:
         start_from_sft_model(work / f"seed-{seed}", tmp, settings)
-        trainer = VerifierTrainer(demo_config(tmp, seed, settings, "run.checkpoint_every=0"), sft_rows=[None],
-                                  preference_rows=[], eval_rows=[])
+        trainer = VerifierTrainer(demo_config(tmp, seed, settings, "run.checkpoint_every=0"), sft_rows=sft_rows,
+                                  preference_rows=[], eval_rows=[], model=new_model(settings, seed, sft_rows))
         trainer.run(resume=True)                      # loads the SFT model; no step is left to run
         greedy = pair_kind_accuracy(trainer.judge_pairs(rows), which)
         sampled = group_statistics(trainer, rows, which)
@@ -65,12 +71,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path, help="bench/demo_verifier.py's --work folder (seed-S/checkpoints)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--verifier", choices=["small", "vlm"], default="small",
+                        help="the verifier the demo run trained (default: small)")
     parser.add_argument("--quick", action="store_true", help="the demo's --quick settings (a smoke run's folders)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "verifier-pair-kinds-cpu.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: bench/results/verifier-pair-kinds-cpu.json (-vlm-cpu.json for the VLM)")
     args = parser.parse_args(argv)
+    suffix = "-vlm" if args.verifier == "vlm" else ""
+    args.out = args.out or RESULTS_DIR / f"verifier-pair-kinds{suffix}-cpu.json"
     busy, seeds = cpu_busy_fraction(), []
     for seed in args.seeds:
-        seeds.append(seed_report(args.work, seed, "quick" if args.quick else "full"))
+        seeds.append(seed_report(args.work, seed, args.verifier + ("-quick" if args.quick else "")))
         write_json_atomic(args.out, {"benchmark": "verifier-pair-kinds", "versions": versions(),
                                      "cpu_busy_at_start": busy, "seeds": seeds})
         print(f"seed {seed}  {'kind':<16} pairs  greedy accuracy  zero-variance groups  mean GCPO reward")

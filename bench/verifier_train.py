@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         steps = iter(range(1, 10_000))
         seconds = timed(lambda: trainer.sft_step(next(steps), optimizer), s["repeats"], device)
         rows.append({"mode": "sft", "seconds": seconds, "per_s": s["batch"] / seconds, "unit": "traces/s"})
-        trainer._start_gcpo()
+        trainer.model.freeze_reference()
         record = {}
         seconds = timed(lambda: record.update(trainer.gcpo_step(next(steps), optimizer)), s["repeats"], device)
         rows.append({"mode": "gcpo", "seconds": seconds, "per_s": s["pairs"] * 2 * s["traces"] / seconds,

@@ -45,17 +45,22 @@ def _run_demo_verifier(args: argparse.Namespace) -> None:
 
 def add_demo_verifier(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo-verifier", help="train a tiny verifier on the synthetic shapes task on the CPU (SFT, then GCPO)",
+        "demo-verifier", help="train a small verifier on the synthetic shapes task on the CPU (SFT, then GCPO)",
         description="The verifier-training demo: candidate edits of synthetic shapes tasks judged by their "
-                    "object-level checks give SFT traces and preference pairs; a tiny verifier is trained by SFT, "
-                    "then GCPO, and its held-out pairwise accuracy (chance, after SFT, after GCPO), per-principle "
-                    "accuracy and example traces are printed and written to the run folder.")
+                    "object-level checks give SFT traces and preference pairs; a verifier is trained by SFT, then "
+                    "GCPO, and its held-out pairwise accuracy (chance, after SFT, after GCPO), per-principle "
+                    "accuracy, accuracy by pair kind and example traces are printed and written to the run folder.")
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (default: 0)")
     parser.add_argument("--out", default="runs/demo-verifier", help="run folder (default: runs/demo-verifier)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few steps (tests)")
-    parser.add_argument("--edited-view", choices=["difference", "image"], default="difference",
-                        help="what the verifier is shown of each edited image: 'difference', 128 + 2 (edited - "
-                             "source), the demo's default, because a random-weight VLM has no sight and on the edited "
-                             "image itself never learns to read the edit; or 'image', as a real verifier sees it "
-                             "(default: difference)")
+    parser.add_argument("--verifier", choices=["small", "vlm"], default="small",
+                        help="'small': a purpose-built 0.55 M-parameter verifier that writes the verifier's verdict "
+                             "JSON (a few minutes on 2 cores); 'vlm': the verifier reward's own Qwen2.5-VL code path "
+                             "at its demo preset with a LoRA (~20 minutes a seed on 2 cores, and it learns less; "
+                             "docs/design.md). Default: small")
+    parser.add_argument("--edited-view", choices=["difference", "image"], default=None,
+                        help="what the verifier is shown of each edited image: 'image', as a real verifier sees it "
+                             "(the small verifier's default: it computes the difference itself), or 'difference', "
+                             "128 + 2 (edited - source) (the VLM's default: a random-weight VLM has no sight, and on "
+                             "the edited image itself it never learns to read the edit)")
     parser.set_defaults(run=_run_demo_verifier)

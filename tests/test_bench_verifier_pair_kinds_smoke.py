@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "verifier_pair_kinds.py"
 
 
 def test_quick_run_matches_the_demo_after_sft(tmp_path):
-    summary = run(0, str(tmp_path / "work" / "seed-0"), SETTINGS["quick"], log=lambda *_: None)
+    summary = run(0, str(tmp_path / "work" / "seed-0"), SETTINGS["small-quick"], log=lambda *_: None)
     out = tmp_path / "kinds.json"
     done = subprocess.run([sys.executable, str(BENCH), str(tmp_path / "work"), "--seeds", "0", "--quick",
                            "--out", str(out)], capture_output=True, text=True, timeout=600)

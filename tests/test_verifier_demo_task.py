@@ -101,9 +101,12 @@ def test_the_difference_view_replaces_every_edited_image_and_nothing_else():
         dt.build(TASKS[:1], seed=1, edited_view="diff")
 
 
-def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("verifier", ["small", "vlm"])
+def test_quick_demo_runs_end_to_end(tmp_path, capsys, verifier):
     from editrl_engine.verifier_train.demo import main
-    summary = main(argparse.Namespace(seed=0, out=str(tmp_path), quick=True))
+    summary = main(argparse.Namespace(seed=0, out=str(tmp_path), quick=True, verifier=verifier, edited_view=None))
+    assert summary["verifier"] == verifier
+    assert summary["edited_view"] == {"small": "image", "vlm": "difference"}[verifier]
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["seed"] == 0 and set(written["per_principle"]) == {"follow", "keep", "quality"}
     for key in ("before", "after_sft", "after_gcpo"):
@@ -117,16 +120,16 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert sum(k["pairs"] * k["accuracy"] for k in kinds.values()) / 4 == pytest.approx(summary["after_sft"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("stage") for r in records} >= {"sft", "gcpo"}
-    assert (tmp_path / "lora").is_dir()
+    assert (tmp_path / {"small": "model", "vlm": "lora"}[verifier]).is_dir()
     assert "held-out strict pairwise accuracy" in capsys.readouterr().out
 
 
 def test_the_same_time_on_sft_continues_from_the_same_sft_model(tmp_path):
     from editrl_engine.verifier_train.demo import SETTINGS, run
-    summary = run(0, str(tmp_path), SETTINGS["quick"], log=lambda *_: None, same_time_sft=True)
+    summary = run(0, str(tmp_path), SETTINGS["small-quick"], log=lambda *_: None, same_time_sft=True)
     assert summary["extra_sft_steps"] >= 1 and 0.0 <= summary["after_more_sft"] <= 1.0
     read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]
-    sft_steps = SETTINGS["quick"]["sft_steps"]
+    sft_steps = SETTINGS["small-quick"]["sft_steps"]
     longer = [r for r in read(tmp_path / "more-sft" / "metrics.jsonl") if r.get("stage") == "sft"]
     assert [r["step"] for r in longer] == list(range(sft_steps + 1, sft_steps + 1 + summary["extra_sft_steps"]))
     gcpo_seconds = sum(r["seconds"] for r in read(tmp_path / "metrics.jsonl") if r.get("stage") == "gcpo")
@@ -137,7 +140,7 @@ def test_more_sft_starts_from_the_sft_models_parameters(tmp_path):
     """The continued run's first step equals one more step of the SFT run itself: the same LoRA and optimizer."""
     from editrl_engine.verifier_train.demo import SETTINGS, demo_config, more_sft
     from editrl_engine.verifier_train.trainer import VerifierTrainer
-    settings = dict(SETTINGS["quick"], gcpo_steps=0)
+    settings = dict(SETTINGS["vlm-quick"], gcpo_steps=0)
     sft, pairs, _ = dt.build(TASKS[:3], seed=0, edited_view="difference")
     eval_rows, _ = dt.held_out_pairs(2, seed=9, size=32, edited_view="difference")
     straight = VerifierTrainer(demo_config(str(tmp_path / "straight"), 0, dict(settings, sft_steps=4)),

@@ -50,6 +50,8 @@ class Traces:
 
 
 class VerifierModel:
+    saved_as = "lora"                   # the run folder's final model: the LoRA, as peft writes it
+
     def __init__(self, vlm, *, image_size: dict, lora_rank: int = 16, lora_alpha: float = 32.0, targets: str = "",
                  gradient_checkpointing: bool = False, autocast: bool = False, seed: int = 0):
         from peft import LoraConfig, get_peft_model

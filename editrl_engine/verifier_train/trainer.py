@@ -131,7 +131,7 @@ class VerifierTrainer:
                 if self.stop_signal is not None:
                     break
         if self.step == cfg.total_steps and self.rank == 0:
-            self.model.save(self.out_dir / "lora")
+            self.model.save(self.out_dir / self.model.saved_as)
         return {"step": self.step, "stopped_by": self.stop_signal, "last": self.history[-1] if self.history else {}}
 
     # ---- SFT -----------------------------------------------------------------------------------------------------

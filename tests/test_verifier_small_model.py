@@ -1,0 +1,168 @@
+"""The demo's small verifier (verifier_train/small_model.py) against independent references: its traces against the
+verifier's own parser, its token log-probs against a float64 log-softmax of its logits, greedy generation (left
+padding, one token at a time) against the argmax of the training forward (right padding, whole sequence), top-p
+sampling against its definition, saving against loading, and a SIGTERM-resumed run against an uninterrupted one."""
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editrl_engine.errors import InputError
+from editrl_engine.reward import verifier_prompts as vp
+from editrl_engine.verifier_train.config import load_verifier_config
+from editrl_engine.verifier_train.data import PreferenceRow, SftRow, verdict_trace
+from editrl_engine.verifier_train.model import Item
+from editrl_engine.verifier_train.small_model import SmallVerifier, sample_top_p
+from editrl_engine.verifier_train.trainer import VerifierTrainer, sft_loss, trace_score
+
+PRINCIPLES = vp.as_principles(["follow: the square is red", "keep: the circle stays", "quality: flat colors"])
+GOOD = verdict_trace(PRINCIPLES, [("pass", 10, ""), ("pass", 10, ""), ("pass", 9, "")], 10, "")
+BAD = verdict_trace(PRINCIPLES, [("fail", 0, ""), ("partial", 6, ""), ("pass", 10, "")], 3, "")
+
+
+def image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+
+def rows():
+    sft = [SftRow((image(i),), image(100 + i), "make the square red" if i % 3 else "move the big circle",
+                  PRINCIPLES, GOOD if i % 2 else BAD) for i in range(6)]
+    prefs = [PreferenceRow((image(i),), "make the square red", PRINCIPLES, image(100 + i), image(200 + i))
+             for i in range(4)]
+    return sft, prefs
+
+
+def items(n: int = 3) -> list[Item]:
+    instructions = ["make the square red", "move the big circle to the left", "paint it"]   # "paint": unknown
+    return [Item((image(i),), image(50 + i), instructions[i % 3], PRINCIPLES) for i in range(n)]
+
+
+def test_traces_round_trip_and_the_verifiers_parser_reads_them():
+    model = SmallVerifier.for_rows(rows()[0])
+    for trace in (GOOD, BAD):
+        ids = model.encode_trace(trace)
+        assert ids[-1] == model.end_id and all(i < model.outputs for i in ids)
+        assert model.decode(ids) == trace
+        assert trace_score(PRINCIPLES, model.decode(ids)) == trace_score(PRINCIPLES, trace)
+    assert len(model.encode_trace(GOOD)) == 25       # 24 fragments (7 of them the judgement: verdicts, scores) + end
+    with pytest.raises(InputError, match="not a fragment of the verdict format"):
+        model.encode_trace(verdict_trace(PRINCIPLES, [("pass", 10, "red")] * 3, 10, ""))
+    with pytest.raises(InputError, match="one source image"):
+        model.prompt_ids(Item((image(0), image(1)), image(2), "x", PRINCIPLES))
+
+
+def test_token_logp_is_the_float64_log_softmax_of_the_trace_tokens_only():
+    model = SmallVerifier.for_rows(rows()[0], seed=1)
+    traces = [model.encode_trace(GOOD), model.encode_trace(BAD), model.encode_trace(GOOD)]
+    batch = model.batch(items(), traces)
+    assert batch["mask"].sum(1).tolist() == [len(t) for t in traces]
+    logits = model.net(batch["pixels"], batch["input_ids"], batch["real"]).double()          # [B, T, K]
+    reference = torch.zeros(batch["input_ids"].shape, dtype=torch.float64)
+    for b in range(3):
+        for t in range(1, batch["input_ids"].shape[1]):
+            if batch["mask"][b, t]:
+                reference[b, t] = torch.log_softmax(logits[b, t - 1], -1)[batch["input_ids"][b, t]]
+    torch.testing.assert_close(model.token_logp(batch).double(), reference, rtol=1e-5, atol=1e-5)
+    # the prompt is input only: padding after a sequence changes nothing of it
+    longer = model.batch(items()[:1], traces[:1])
+    torch.testing.assert_close(model.token_logp(longer)[0], model.token_logp(batch)[0, :longer["mask"].shape[1]])
+    assert sft_loss(model, batch).item() > 0
+
+
+def test_greedy_generation_is_the_training_forwards_argmax():
+    model = SmallVerifier.for_rows(rows()[0], seed=2)
+    with torch.no_grad():                        # sharpen the random head so that the greedy path is well defined
+        model.net.head.weight.mul_(20)
+    shared = items()
+    traces = model._generate(shared, temperature=0.0, top_p=1.0, max_new_tokens=30, seed=0)
+    batch = model.batch(shared, traces.ids)
+    logits = model.net(batch["pixels"], batch["input_ids"], batch["real"])                    # [B, T, K]
+    for b, ids in enumerate(traces.ids):
+        start = int(batch["mask"][b].nonzero()[0])
+        assert ids == logits[b, start - 1:start - 1 + len(ids)].argmax(-1).tolist()
+    assert model.judge_texts(shared, [[it.edited] for it in shared], 30) == traces.texts
+
+
+def test_seeded_sampling_and_the_reference_copy():
+    model = SmallVerifier.for_rows(rows()[0], seed=3)
+    shared = Item((image(0),), None, "make the square red", PRINCIPLES)
+    kwargs = dict(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=5)
+    first = model.sample_pair(shared, [image(1), image(2)], 3, **kwargs)
+    assert len(first.ids) == 6 and all(0 < len(t) <= 12 for t in first.ids)
+    assert model.sample_pair(shared, [image(1), image(2)], 3, **kwargs).ids == first.ids
+    model.freeze_reference()
+    before = [p.detach().clone() for p in model.reference_net.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.reference_net.parameters()))
+    batch = model.batch(items(1), [first.ids[0]])
+    with model.reference():
+        reference = model.token_logp(batch)
+    assert not torch.equal(reference, model.token_logp(batch))
+    assert not any(p.requires_grad for p in model.reference_net.parameters())
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_top_p(logits, 0.7, generator) for _ in range(4000)])
+    counts = torch.bincount(draws[:, 0], minlength=4).double() / 4000
+    torch.testing.assert_close(counts, torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64), atol=0.03,
+                               rtol=0)
+    assert set(sample_top_p(logits.expand(50, 4), 0.1, generator).tolist()) == {0}
+
+
+def test_a_saved_model_loads_and_judges_as_before(tmp_path):
+    model = SmallVerifier.for_rows(rows()[0], seed=4)
+    shared = items()
+    texts = model.judge_texts(shared, [[it.edited] for it in shared], 30)
+    model.save(tmp_path / "model")
+    loaded = SmallVerifier.load(tmp_path / "model")
+    assert loaded.vocabulary == model.vocabulary
+    assert loaded.judge_texts(shared, [[it.edited] for it in shared], 30) == texts
+    with pytest.raises(FileNotFoundError, match="config.json, model.safetensors missing"):
+        SmallVerifier.load(tmp_path / "nothing")
+
+
+def config(tmp_path, *extra):
+    return load_verifier_config(None, ["sft.steps=3", "sft.batch=3", "sft.warmup=1", "sft.schedule='cosine'",
+                                       "sft.min_lr_ratio=0.5", "gcpo.steps=2", "gcpo.pairs=2", "gcpo.traces=2",
+                                       "gcpo.max_new_tokens=24", "gcpo.lr=1e-3", "gcpo.updates_per_batch=2",
+                                       "run.eval_every=0", "run.checkpoint_every=0", f"run.out_dir='{tmp_path}'",
+                                       "run.progress=false", *extra])
+
+
+@pytest.mark.parametrize("stop_at", [2, 4], ids=["during-sft", "during-gcpo"])
+def test_resume_after_sigterm_gives_the_uninterrupted_parameters(tmp_path, stop_at):
+    sft, prefs = rows()
+    trainer = lambda out: VerifierTrainer(config(out), sft_rows=sft, preference_rows=prefs, eval_rows=prefs[:2],
+                                          model=SmallVerifier.for_rows(sft, seed=0))
+    straight = trainer(tmp_path / "straight")
+    straight.run()
+    interrupted = trainer(tmp_path / "stopped")
+    name = "sft_step" if stop_at <= 3 else "gcpo_step"
+    step = getattr(interrupted, name)
+
+    def stop_after(number, optimizer):
+        record = step(number, optimizer)
+        if number == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+    setattr(interrupted, name, stop_after)
+    assert interrupted.run()["stopped_by"] == signal.SIGTERM and interrupted.step == stop_at
+    resumed = trainer(tmp_path / "stopped")
+    assert resumed.run(resume=True)["step"] == 5
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.model.reference_net.parameters(), resumed.model.reference_net.parameters()):
+        assert torch.equal(a, b)
+    judged = SmallVerifier.load(tmp_path / "straight" / "model").judge_texts(
+        [Item(p.sources, None, p.instruction, p.principles) for p in prefs[:2]],
+        [[p.preferred, p.rejected] for p in prefs[:2]], 24)
+    assert judged == [t for j in straight.judge_pairs(prefs[:2]) for t in j["texts"]]
