@@ -1,7 +1,7 @@
 """The verifier demo's acceptance over several seeds (`editrl demo-verifier`, verifier_train/demo.py).
 
     python bench/demo_verifier.py                  # seeds 0 1 2 -> bench/results/demo-verifier-cpu.json
-    python bench/demo_verifier.py --verifier vlm   # the VLM verifier (~25 minutes a seed) -> demo-verifier-vlm-cpu.json
+    python bench/demo_verifier.py --verifier vlm   # the VLM verifier (~20 minutes a seed) -> demo-verifier-vlm-cpu.json
 
 Acceptance, every seed, on the fixed held-out set (150 tasks, one preference pair each): strict pairwise accuracy
 after SFT >= 0.55 with parse failures < 1 %; during GCPO the held-out accuracy never falls more than 2 points below

@@ -11,7 +11,8 @@ resumed run is the uninterrupted one. Checkpoints (LoRA adapters, optimizer, ste
 engine/checkpoint.py; SIGTERM / SIGINT finish the current step, checkpoint and stop. Metrics go to metrics.jsonl
 (and TensorBoard): loss, train reward, held-out strict pairwise accuracy (ties wrong), parse failures, zero-variance
 group fraction, KL, clip fraction, trace length, tokens/s. The final LoRA is `lora/`: load_reward("verifier", ...,
-lora=DIR) judges with it.
+lora=DIR) judges with it. The model is reached only through VerifierModel's interface (model.py), which the demo's
+SmallVerifier (small_model.py) also implements; its final model is `model/`.
 """
 from __future__ import annotations
 
