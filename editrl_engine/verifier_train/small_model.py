@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import write_text_atomic
-from ..errors import InputError
+from ..atomic import write_bytes_atomic, write_json_atomic
+from ..errors import InputError, MissingPathError
 from ..reward import verifier_prompts as vp
 from .data import load_image
 from .model import Item, Traces
@@ -207,6 +207,9 @@ class SmallVerifier:
                           .permute(2, 0, 1) / 127.5 - 1 for im in (source, edited))
         return torch.cat([source, edited, DIFFERENCE_GAIN * (edited - source)])
 
+    def images(self, items: Sequence[Item]) -> torch.Tensor:
+        return torch.stack([self.pixels(item.sources[0], item.edited) for item in items])       # [B, 9, S, S]
+
     # ---- the trainer's interface -----------------------------------------------------------------------------------
     def batch(self, items: Sequence[Item], traces: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-padded [prompt | trace] ids, the images, and mask [B, T] on trace tokens."""
@@ -221,8 +224,7 @@ class SmallVerifier:
             ids[b, :len(p) + len(t)] = torch.tensor(p + list(t))
             real[b, :len(p) + len(t)] = True
             mask[b, len(p):len(p) + len(t)] = True
-        pixels = torch.stack([self.pixels(item.sources[0], item.edited) for item in items])
-        return {"input_ids": ids, "real": real, "mask": mask, "pixels": pixels}
+        return {"input_ids": ids, "real": real, "mask": mask, "pixels": self.images(items)}
 
     def token_logp(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """log p of each trace token given the ones before it: [B, T] (0 where mask is False)."""
@@ -256,7 +258,7 @@ class SmallVerifier:
         real = torch.zeros(len(items), width, dtype=torch.bool)
         for b, p in enumerate(prompts):
             ids[b, width - len(p):], real[b, width - len(p):] = torch.tensor(p), True
-        pixels = torch.stack([self.pixels(item.sources[0], item.edited) for item in items]).to(self.device)
+        pixels = self.images(items).to(self.device)
         ids, real = ids.to(self.device), real.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         done = torch.zeros(len(items), dtype=torch.bool, device=self.device)
@@ -318,13 +320,10 @@ class SmallVerifier:
 
     def save(self, directory: str | os.PathLike) -> str:
         """config.json (the vocabulary and sizes) and model.safetensors, each written whole or not at all."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        partial = directory / (WEIGHTS + ".partial")
-        save_file(self.net.state_dict(), str(partial))
-        os.replace(partial, directory / WEIGHTS)
-        write_text_atomic(directory / CONFIG, json.dumps(dataclasses.asdict(self.config), indent=2))
+        write_bytes_atomic(directory / WEIGHTS, save(self.net.state_dict()))
+        write_json_atomic(directory / CONFIG, dataclasses.asdict(self.config))
         return os.fspath(directory)
 
     @classmethod
@@ -333,7 +332,7 @@ class SmallVerifier:
         directory = Path(directory)
         missing = [name for name in (CONFIG, WEIGHTS) if not (directory / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{directory}: no SmallVerifier here ({', '.join(missing)} missing); give the "
+            raise MissingPathError(f"{directory}: no SmallVerifier here ({', '.join(missing)} missing); give the "
                                     "folder SmallVerifier.save wrote (a demo run's model/)")
         options = json.loads((directory / CONFIG).read_text())
         model = cls(SmallVerifierConfig(**{**options, "words": tuple(options["words"])}), device=device)
