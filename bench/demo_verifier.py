@@ -5,7 +5,10 @@
 
 Acceptance, every seed, on the fixed held-out set (150 tasks, one preference pair each): strict pairwise accuracy
 after SFT >= 0.55 with parse failures < 1 %; during GCPO the held-out accuracy never falls more than 2 points below
-the SFT start, and the training reward rises (mean of the last half of GCPO steps above the first half). Reports
+the SFT start, and the training reward rises: GCPO's reward on a fixed probe of training pairs, sampled from the
+same seeds at each evaluation (gcpo.probe_pairs), higher after GCPO than at its start. The per-step train reward,
+a mean over pairs drawn afresh each step, is reported beside it as half means (last half of GCPO's steps against
+the first) with the standard error of their difference; without a probe the check reads those. Reports
 the GCPO gain (after GCPO - after SFT) with its spread over seeds and, beside it, the gain of spending GCPO's wall
 time on more SFT instead (demo.more_sft: SFT continued from the same SFT checkpoint). Runs one seed at a time, the
 machine otherwise idle for the timings.
@@ -22,10 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, cpu_busy_fraction, versions, write_json_atomic  # noqa: E402
 
 
-def seed_checks(result: dict) -> dict[str, bool]:
-    rewards = result["gcpo_train_reward"]
+def half_means(rewards: list[float]) -> dict:
+    """The per-step train reward's first and last half means and the standard error of their difference."""
     half = len(rewards) // 2
-    rising = half > 0 and statistics.mean(rewards[half:]) > statistics.mean(rewards[:half])
+    first, last = rewards[:half], rewards[half:]
+    if half < 2:
+        return {"first": None, "last": None, "stderr": None}
+    stderr = (statistics.variance(first) / len(first) + statistics.variance(last) / len(last)) ** 0.5
+    return {"first": statistics.mean(first), "last": statistics.mean(last), "stderr": stderr}
+
+
+def seed_checks(result: dict) -> dict[str, bool]:
+    """The training reward rises: the fixed probe's last value above its first (the GCPO start) where the run has a
+    probe; without one, the per-step train reward's last half mean above its first."""
+    probe = result.get("gcpo_probe_reward") or []
+    halves = half_means(result["gcpo_train_reward"])
+    rising = probe[-1][1] > probe[0][1] if len(probe) > 1 else (halves["first"] is not None and
+                                                                halves["last"] > halves["first"])
     return {"sft_accuracy_at_least_0.55": result["after_sft"] >= 0.55,
             "parse_failures_below_1%": result["parse_failures_after_sft"] < 0.01,
             "gcpo_never_2_points_below_sft": result["gcpo_accuracy_min"] >= result["after_sft"] - 0.02,
@@ -39,6 +55,7 @@ def summarise(results: list[dict], busy: float, settings: dict) -> dict:
     checks = {f"seed {r['seed']}": seed_checks(r) for r in results}
     return {"benchmark": "demo-verifier", "versions": versions(), "cpu_busy_at_start": busy,
             "settings": settings, "seeds": results,
+            "train_reward_half_means": {f"seed {r['seed']}": half_means(r["gcpo_train_reward"]) for r in results},
             "gcpo_gain_mean": statistics.mean(gains), "gcpo_gain_stdev": spread(gains),
             "same_time_sft_gain_mean": statistics.mean(sft_gains), "same_time_sft_gain_stdev": spread(sft_gains),
             "checks": checks, "pass": all(all(c.values()) for c in checks.values())}
@@ -71,6 +88,11 @@ def main(argv=None) -> None:
         print(f"seed {r['seed']}: after SFT {r['after_sft']:.3f} after GCPO {r['after_gcpo']:.3f} (gain {gain:+.3f}), "
               f"SFT for the same time instead {r['after_more_sft']:.3f} (+{r['extra_sft_steps']} steps); "
               f"parse failures {r['parse_failures_after_sft']:.3f} {r['seconds']:.0f} s")
+        halves = report["train_reward_half_means"][f"seed {r['seed']}"]
+        if halves["first"] is not None:
+            probe = ", ".join(f"{value:.3f}" for _, value in r.get("gcpo_probe_reward") or [])
+            print(f"  train reward on the fixed probe: {probe or 'none'}; per step, first half {halves['first']:.3f} "
+                  f"last half {halves['last']:.3f} (difference ± {halves['stderr']:.3f})")
     print(f"GCPO gain {report['gcpo_gain_mean']:+.3f} ± {report['gcpo_gain_stdev']:.3f}, the same time on SFT "
           f"{report['same_time_sft_gain_mean']:+.3f} ± {report['same_time_sft_gain_stdev']:.3f}; "
           f"pass {report['pass']} -> {args.out}")

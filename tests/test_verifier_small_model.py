@@ -16,7 +16,7 @@ from editrl_engine.errors import InputError
 from editrl_engine.reward import verifier_prompts as vp
 from editrl_engine.verifier_train.config import load_verifier_config
 from editrl_engine.verifier_train.data import PreferenceRow, SftRow, verdict_trace
-from editrl_engine.verifier_train.model import Item
+from editrl_engine.verifier_train.model import Item, Traces
 from editrl_engine.verifier_train.small_model import SmallVerifier, sample_top_p
 from editrl_engine.verifier_train.trainer import VerifierTrainer, sft_loss, trace_score
 
@@ -108,6 +108,21 @@ def test_seeded_sampling_and_the_reference_copy():
     assert not any(p.requires_grad for p in model.reference_net.parameters())
 
 
+def test_a_shared_prefix_samples_what_whole_prompts_sample():
+    """Each candidate's prefilled prefix expanded to its n rollouts is the same computation as n prefills: the same
+    seeded draws give the same traces, at temperature 1 as when greedy."""
+    model = SmallVerifier.for_rows(rows()[0], seed=6)
+    shared = Item((image(0),), None, "make the square red", PRINCIPLES)
+    distinct = {}
+    for temperature in (1.0, 0.0):
+        kwargs = dict(temperature=temperature, top_p=0.95, max_new_tokens=20, seed=7)
+        once = model.sample_pair(shared, [image(1), image(2)], 4, **kwargs)
+        whole = model.sample_pair(shared, [image(1), image(2)], 4, shared_prefix=False, **kwargs)
+        assert once.ids == whole.ids and len(once.ids) == 8
+        distinct[temperature] = len({tuple(t) for t in once.ids[:4]})
+    assert distinct == {1.0: 4, 0.0: 1}                 # sampled rollouts of one prefix differ; greedy ones do not
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     generator = torch.Generator().manual_seed(0)
@@ -166,3 +181,41 @@ def test_resume_after_sigterm_gives_the_uninterrupted_parameters(tmp_path, stop_
         [Item(p.sources, None, p.instruction, p.principles) for p in prefs[:2]],
         [[p.preferred, p.rejected] for p in prefs[:2]], 24)
     assert judged == [t for j in straight.judge_pairs(prefs[:2]) for t in j["texts"]]
+
+
+def test_the_reward_probe_observes_without_changing_the_run(tmp_path):
+    """gcpo.probe_pairs: the train reward on fixed pairs at the SFT end and at GCPO's evaluations; the same value
+    for the same policy, and a run with it trains exactly as one without."""
+    sft, prefs = rows()
+    runs = {}
+    for probe in (0, 3):
+        trainer = VerifierTrainer(config(tmp_path / f"probe{probe}", "gcpo.eval_every=1", f"gcpo.probe_pairs={probe}"),
+                                  sft_rows=sft, preference_rows=prefs, eval_rows=prefs[:2],
+                                  model=SmallVerifier.for_rows(sft, seed=0))
+        trainer.run()
+        runs[probe] = trainer
+    probed = [r["step"] for r in runs[3].history if "probe_reward" in r]
+    assert probed == [3, 4, 5] and not any("probe_reward" in r for r in runs[0].history)
+    assert [r.get("train_reward") for r in runs[3].history] == [r.get("train_reward") for r in runs[0].history]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].model.parameters(), runs[3].model.parameters()))
+    assert runs[3].probe_reward() == runs[3].history[-1]["probe_reward"]
+
+
+def test_the_reward_probe_is_the_preferred_groups_mean_gcpo_reward(tmp_path):
+    """Hand-computed: preferred traces scoring 8 and 5 against rejected ones scoring 5 and 2 beat 2/2 and 1/2 of
+    them (a tie beats nothing): reward 0.75 on every probe pair."""
+    sft, prefs = rows()
+    scores = {"preferred": (8, 5), "rejected": (5, 2)}
+
+    class Scripted(SmallVerifier):
+        def sample_pair(self, shared, candidates, n, **kwargs):
+            texts = [verdict_trace(PRINCIPLES, [("pass", s, "")] * 3, s, "")
+                     for side in ("preferred", "rejected") for s in scores[side]]
+            return Traces([self.encode_trace(t) for t in texts], texts)
+
+    model = Scripted(SmallVerifier.for_rows(sft).config)
+    trainer = VerifierTrainer(config(tmp_path, "gcpo.probe_pairs=4"), sft_rows=sft, preference_rows=prefs,
+                              model=model)
+    assert [trace_score(PRINCIPLES, verdict_trace(PRINCIPLES, [("pass", s, "")] * 3, s, "")) for s in (8, 5)] == \
+        pytest.approx([0.8, 0.5])
+    assert trainer.probe_reward() == 0.75

@@ -91,8 +91,10 @@ class GcpoSection:
     updates_per_batch: int = 1
     micro_batch: int = 8                    # traces per backward
     eval_every: int = 0                     # GCPO steps between held-out evaluations (0: at the stage's end only)
+    probe_pairs: int = 0                    # fixed training pairs whose GCPO reward each evaluation measures (0: off)
 
     def __post_init__(self):
+        _check("gcpo.probe_pairs", self.probe_pairs >= 0, "probe_pairs >= 0 (0: no probe)")
         _check("gcpo", self.steps >= 0 and self.pairs > 0 and self.traces > 0 and self.lr > 0,
                "steps >= 0, pairs > 0, traces > 0 and lr > 0")
         _check("gcpo.temperature", self.temperature > 0, "sampled traces need temperature > 0")

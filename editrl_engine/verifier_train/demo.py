@@ -48,10 +48,11 @@ SETTINGS = {
                        "sft.min_lr_ratio=0.05"],
                   gcpo=["gcpo.pairs=8", "gcpo.traces=16", "gcpo.lr=3e-4", "gcpo.kl_beta=0.01",
                         "gcpo.temperature=1.0", "gcpo.max_new_tokens=32", "gcpo.updates_per_batch=1",
-                        "gcpo.micro_batch=64"]),
+                        "gcpo.micro_batch=64", "gcpo.probe_pairs=32"]),
     "small-quick": dict(verifier="small", edited_view="image", train_tasks=6, eval_tasks=4, sft_steps=3,
                         gcpo_steps=2, gcpo_eval_every=1, sft=["sft.batch=4", "sft.lr=1e-3"],
-                        gcpo=["gcpo.pairs=2", "gcpo.traces=2", "gcpo.lr=1e-4", "gcpo.max_new_tokens=32"]),
+                        gcpo=["gcpo.pairs=2", "gcpo.traces=2", "gcpo.lr=1e-4", "gcpo.max_new_tokens=32",
+                             "gcpo.probe_pairs=2"]),
     # GCPO samples N = 8 traces an image: at N = 4 most groups had zero variance (0.38-1.0 a step) and GCPO ended
     # below its start (docs/design.md has the runs)
     "vlm": dict(verifier="vlm", edited_view="difference", train_tasks=1000, eval_tasks=150, sft_steps=900,
@@ -176,6 +177,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
             r["eval_parse_failures"] for r in evals if r["step"] == settings["sft_steps"]),
         "gcpo_accuracy_min": min(r["eval_accuracy"] for r in evals if r["step"] >= settings["sft_steps"]),
         "gcpo_train_reward": [r["train_reward"] for r in trainer.history if "train_reward" in r],
+        "gcpo_probe_reward": [[r["step"], r["probe_reward"]] for r in evals if "probe_reward" in r],
         "identical_pairs": sum(j["texts"][0] == j["texts"][1] for j in judged) / len(judged),
         "per_principle": principle_accuracy(judged, which),
         "per_pair_kind_after_sft": pair_kind_accuracy(trainer.judged[settings["sft_steps"]], which),
@@ -196,6 +198,9 @@ def main(args: argparse.Namespace) -> dict:
     fmt = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
     print(f"held-out strict pairwise accuracy ({settings['eval_tasks']} tasks): chance 0.500, untrained "
           f"{fmt(summary['before'])}, after SFT {fmt(summary['after_sft'])}, after GCPO {fmt(summary['after_gcpo'])}")
+    if summary["gcpo_probe_reward"]:
+        print("GCPO's train reward on its fixed probe pairs at steps " + ", ".join(
+            f"{step} {fmt(value)}" for step, value in summary["gcpo_probe_reward"]))
     print(f"pairs given the same verdict text for both images: {summary['identical_pairs']:.3f}")
     print("per-principle verdict accuracy after GCPO: " + ", ".join(f"{k} {fmt(v)}"
                                                                      for k, v in summary["per_principle"].items()))

@@ -9,8 +9,9 @@ judgement (three verdicts, three scores, the final score).
 
 Why the demo uses it (docs/design.md has the runs): the verifier's own Qwen2.5-VL code path at its demo preset takes
 about 1 s an SFT step on these 2 cores, so five minutes buy ~300 steps; after 900 steps it judged 0.53-0.58 of the
-held-out pairs and had not learnt the keep principle (target over every-shape-erased 0.14-0.38). It has no
-shared-prefix cache: its prefix is a few dozen tokens, recomputed for each rollout.
+held-out pairs and had not learnt the keep principle (target over every-shape-erased 0.14-0.38). GCPO's rollouts
+share their prefix as the VLM's do: each candidate's image and prompt are prefilled once and the cache serves its N
+traces.
 
     model = SmallVerifier.for_rows(sft_rows, seed=0)        # word vocabulary from the rows' instructions
     model.save("out/model"); SmallVerifier.load("out/model").judge_texts(items, candidates, max_new_tokens=32)
@@ -239,9 +240,14 @@ class SmallVerifier:
     @torch.no_grad()
     def sample_pair(self, shared: Item, candidates: Sequence, n: int, *, temperature: float, top_p: float,
                     max_new_tokens: int, seed: int, shared_prefix: bool = True) -> Traces:
-        """n traces for each candidate, candidate-major (shared_prefix is accepted and has no effect: no cache)."""
-        items = [dataclasses.replace(shared, edited=c) for c in candidates for _ in range(n)]
-        return self._generate(items, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        """n traces for each candidate, candidate-major, each candidate's prefix (its image and the prompt) prefilled
+        once and its cache serving all n (shared_prefix=False: every rollout prefills its own, for comparison)."""
+        if shared_prefix:
+            items, repeats = [dataclasses.replace(shared, edited=c) for c in candidates], n
+        else:
+            items, repeats = [dataclasses.replace(shared, edited=c) for c in candidates for _ in range(n)], 1
+        return self._generate(items, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                              repeats=repeats)
 
     @torch.no_grad()
     def judge_texts(self, rows: Sequence[Item], candidates: Sequence[Sequence], max_new_tokens: int,
@@ -251,7 +257,8 @@ class SmallVerifier:
         return self._generate(items, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0).texts
 
     def _generate(self, items: Sequence[Item], *, temperature: float, top_p: float, max_new_tokens: int,
-                  seed: int) -> Traces:
+                  seed: int, repeats: int = 1) -> Traces:
+        """Traces for each item, `repeats` a row (row-major), each item's prefix prefilled once."""
         prompts = [self.prompt_ids(item) for item in items]
         width = max(map(len, prompts))
         ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)                   # left-padded
@@ -261,11 +268,15 @@ class SmallVerifier:
         pixels = self.images(items).to(self.device)
         ids, real = ids.to(self.device), real.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        done = torch.zeros(len(items), dtype=torch.bool, device=self.device)
         caches = [[] for _ in self.net.blocks]
         logits, summary = self.net.start(pixels, ids, real, caches)
-        logits = logits[:, -1].float()                                                          # [B, K]
-        keys = torch.cat([torch.ones(len(items), self.net.image_position.shape[0], dtype=torch.bool,
+        logits = logits[:, -1].float()                                                          # [I, K]
+        if repeats > 1:                                                 # each prefix serves its `repeats` rollouts
+            expand = lambda t: t.repeat_interleave(repeats, dim=0)                              # [I, ...] -> [B, ...]
+            caches = [[expand(k), expand(v)] for k, v in caches]
+            logits, summary, ids, real = map(expand, (logits, summary, ids, real))
+        done = torch.zeros(len(ids), dtype=torch.bool, device=self.device)
+        keys = torch.cat([torch.ones(len(ids), self.net.image_position.shape[0], dtype=torch.bool,
                                      device=self.device), real], dim=1)                        # [B, G + P]
         position = real.long().sum(1)                                                           # [B]
         for _ in range(min(max_new_tokens, self.config.max_length - width)):

@@ -10,7 +10,8 @@ model (a frozen copy of the LoRA taken when GCPO starts). Every step's randomnes
 resumed run is the uninterrupted one. Checkpoints (LoRA adapters, optimizer, step) are written atomically through
 engine/checkpoint.py; SIGTERM / SIGINT finish the current step, checkpoint and stop. Metrics go to metrics.jsonl
 (and TensorBoard): loss, train reward, held-out strict pairwise accuracy (ties wrong), parse failures, zero-variance
-group fraction, KL, clip fraction, trace length, tokens/s. The final LoRA is `lora/`: load_reward("verifier", ...,
+group fraction, KL, clip fraction, trace length, tokens/s, and at GCPO's evaluations the train reward on a fixed
+probe of training pairs (gcpo.probe_pairs). The final LoRA is `lora/`: load_reward("verifier", ...,
 lora=DIR) judges with it. The model is reached only through VerifierModel's interface (model.py), which the demo's
 SmallVerifier (small_model.py) also implements; its final model is `model/`.
 """
@@ -46,6 +47,9 @@ def trace_score(principles: Sequence[vp.Principle], text: str) -> float:
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+PROBE_SEED = 1 << 40            # the reward probe's draws, apart from every step's (step_generator)
 
 
 class VerifierTrainer:
@@ -241,7 +245,25 @@ class VerifierTrainer:
         judged = self.judged[self.step] = self.judge_pairs(self.eval_rows)
         correct = [j["preferred"] > j["rejected"] for j in judged]            # NaN compares False: wrong
         unparsed = sum(math.isnan(j[k]) for j in judged for k in ("preferred", "rejected"))
-        return {"eval_accuracy": sum(correct) / len(correct), "eval_parse_failures": unparsed / (2 * len(judged))}
+        out = {"eval_accuracy": sum(correct) / len(correct), "eval_parse_failures": unparsed / (2 * len(judged))}
+        g = self.config.gcpo
+        if g.probe_pairs and g.steps and self.step >= self.config.sft.steps and self.preference_rows:
+            out["probe_reward"] = self.probe_reward()
+        return out
+
+    def probe_reward(self) -> float:
+        """GCPO's training reward of the current policy on a fixed probe: gcpo.probe_pairs training pairs drawn
+        once from the run's seed, each sampled from the same seed at every call (common random numbers), so the
+        value moves only as the policy does. The per-step train_reward is the same mean over pairs drawn afresh
+        each step and moves with their difficulty as much as with the policy (docs/design.md)."""
+        g, seed = self.config.gcpo, self.config.run.seed
+        picks = torch.randint(len(self.preference_rows), (g.probe_pairs,),
+                              generator=torch.Generator().manual_seed(PROBE_SEED + seed))
+        rewards = []
+        for p, index in enumerate(picks.tolist()):
+            *_, tau = self.sample_pair_groups(self.preference_rows[index], PROBE_SEED + 1009 * seed + p)
+            rewards.append(gcpo.pair_rewards(tau[:g.traces], tau[g.traces:])[0].mean())   # the preferred group's
+        return float(torch.stack(rewards).mean())
 
     # ---- checkpoints, signals, logs ------------------------------------------------------------------------------
     def _save(self, optimizer, stage: str) -> Path:
