@@ -235,3 +235,11 @@ def print_targets(targets: list[dict], fmt: Callable[[float | None], str]) -> No
         verdict = {True: "PASS", False: "FAIL", None: "not evaluated"}[t["passed"]]
         print(f"  {verdict:>13}  {t['target']}: measured {fmt(t['measured'])} (required {t['required']})"
               + (f" - {t['note']}" if t.get("note") else ""))
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> dict:
+    """Throughput of an n x n x n matmul in `dtype` (2 n^3 FLOPs), the ceiling a transformer forward compares with."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    timing = time_calls(lambda _: a @ b, device, warmup=3, repeats=repeats)
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "median_ms": timing.median_ms,
+            "tflops": 2 * n ** 3 / timing.median_ms / 1e9}

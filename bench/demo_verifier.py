@@ -21,8 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, cpu_busy_fraction, versions, write_json_atomic  # noqa: E402
+from common import RESULTS_DIR, cpu_busy_fraction, matmul_ceiling, versions, write_json_atomic  # noqa: E402
 
 
 def half_means(rewards: list[float]) -> dict:
@@ -48,13 +50,13 @@ def seed_checks(result: dict) -> dict[str, bool]:
             "gcpo_train_reward_rises": rising}
 
 
-def summarise(results: list[dict], busy: float, settings: dict) -> dict:
+def summarise(results: list[dict], busy: float, settings: dict, ceiling: dict) -> dict:
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     gains = [r["after_gcpo"] - r["after_sft"] for r in results]
     sft_gains = [r["after_more_sft"] - r["after_sft"] for r in results]
     checks = {f"seed {r['seed']}": seed_checks(r) for r in results}
     return {"benchmark": "demo-verifier", "versions": versions(), "cpu_busy_at_start": busy,
-            "settings": settings, "seeds": results,
+            "matmul_ceiling": ceiling, "settings": settings, "seeds": results,
             "train_reward_half_means": {f"seed {r['seed']}": half_means(r["gcpo_train_reward"]) for r in results},
             "gcpo_gain_mean": statistics.mean(gains), "gcpo_gain_stdev": spread(gains),
             "same_time_sft_gain_mean": statistics.mean(sft_gains), "same_time_sft_gain_stdev": spread(sft_gains),
@@ -77,25 +79,31 @@ def main(argv=None) -> None:
     settings = SETTINGS[args.verifier]
 
     busy, results = cpu_busy_fraction(), []
+    ceiling = matmul_ceiling(torch.device("cpu"), torch.float32, 1024, repeats=20)     # the machine's speed
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for seed in args.seeds:                          # the report is rewritten after each seed
             results.append(run(seed, f"{work}/seed-{seed}", settings, same_time_sft=True))
-            report = summarise(results, busy, settings)
+            report = summarise(results, busy, settings, ceiling)
             write_json_atomic(args.out, report)
     gains = [r["after_gcpo"] - r["after_sft"] for r in results]
     for r, gain in zip(results, gains):
         print(f"seed {r['seed']}: after SFT {r['after_sft']:.3f} after GCPO {r['after_gcpo']:.3f} (gain {gain:+.3f}), "
               f"SFT for the same time instead {r['after_more_sft']:.3f} (+{r['extra_sft_steps']} steps); "
-              f"parse failures {r['parse_failures_after_sft']:.3f} {r['seconds']:.0f} s")
+              f"parse failures {r['parse_failures_after_sft']:.3f} {r['seconds']:.0f} s ({r['probe_seconds']:.0f} s of "
+              "it the reward probe)")
         halves = report["train_reward_half_means"][f"seed {r['seed']}"]
         if halves["first"] is not None:
             probe = ", ".join(f"{value:.3f}" for _, value in r.get("gcpo_probe_reward") or [])
+            change = r.get("gcpo_probe_change") or {}
+            if change:
+                probe += f" (change {change['mean']:+.3f} ± {change['stderr']:.3f} over {change['pairs']} pairs)"
             print(f"  train reward on the fixed probe: {probe or 'none'}; per step, first half {halves['first']:.3f} "
                   f"last half {halves['last']:.3f} (difference ± {halves['stderr']:.3f})")
     print(f"GCPO gain {report['gcpo_gain_mean']:+.3f} ± {report['gcpo_gain_stdev']:.3f}, the same time on SFT "
           f"{report['same_time_sft_gain_mean']:+.3f} ± {report['same_time_sft_gain_stdev']:.3f}; "
           f"pass {report['pass']} -> {args.out}")
+    print(f"machine: a 1024^3 float32 matmul runs at {1000 * ceiling['tflops']:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -50,11 +50,11 @@ from common import (
     error_text,
     finite_or_none,
     format_table,
+    matmul_ceiling,
     pick_device,
     print_targets,
     results_file,
     synchronize,
-    time_calls,
     versions,
     write_json_atomic,
 )
@@ -143,14 +143,6 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # ceilings and FLOPs
 # ---------------------------------------------------------------------------------------------------------
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> dict:
-    """Throughput of an n x n x n matmul in `dtype` (2 n^3 FLOPs), the ceiling a transformer forward compares with."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    timing = time_calls(lambda _: a @ b, device, warmup=3, repeats=repeats)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "median_ms": timing.median_ms,
-            "tflops": 2 * n ** 3 / timing.median_ms / 1e9}
-
-
 class ForwardTimer:
     """Times every transformer forward inside a rollout (CUDA events on a GPU, perf_counter on CPU) and keeps
     the first forward's inputs (to count its FLOPs)."""

@@ -121,6 +121,13 @@ def test_a_shared_prefix_samples_what_whole_prompts_sample():
         assert once.ids == whole.ids and len(once.ids) == 8
         distinct[temperature] = len({tuple(t) for t in once.ids[:4]})
     assert distinct == {1.0: 4, 0.0: 1}                 # sampled rollouts of one prefix differ; greedy ones do not
+    # several pairs in one batch: greedy, each pair's traces are its own sample_pair's
+    other = Item((image(3),), None, "move the big circle", PRINCIPLES)
+    pairs = [[image(1), image(2)], [image(4), image(5)]]
+    batched = model.sample_pairs([shared, other], pairs, 3, temperature=0.0, top_p=1.0, max_new_tokens=20, seed=0)
+    assert [t.ids for t in batched] == [model.sample_pair(item, group, 3, temperature=0.0, top_p=1.0,
+                                                          max_new_tokens=20, seed=9).ids
+                                        for item, group in zip([shared, other], pairs)]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -208,10 +215,10 @@ def test_the_reward_probe_is_the_preferred_groups_mean_gcpo_reward(tmp_path):
     scores = {"preferred": (8, 5), "rejected": (5, 2)}
 
     class Scripted(SmallVerifier):
-        def sample_pair(self, shared, candidates, n, **kwargs):
+        def sample_pairs(self, shared, candidates, n, **kwargs):
             texts = [verdict_trace(PRINCIPLES, [("pass", s, "")] * 3, s, "")
                      for side in ("preferred", "rejected") for s in scores[side]]
-            return Traces([self.encode_trace(t) for t in texts], texts)
+            return [Traces([self.encode_trace(t) for t in texts], texts) for _ in shared]
 
     model = Scripted(SmallVerifier.for_rows(sft).config)
     trainer = VerifierTrainer(config(tmp_path, "gcpo.probe_pairs=4"), sft_rows=sft, preference_rows=prefs,
@@ -219,3 +226,17 @@ def test_the_reward_probe_is_the_preferred_groups_mean_gcpo_reward(tmp_path):
     assert [trace_score(PRINCIPLES, verdict_trace(PRINCIPLES, [("pass", s, "")] * 3, s, "")) for s in (8, 5)] == \
         pytest.approx([0.8, 0.5])
     assert trainer.probe_reward() == 0.75
+
+
+def test_gcpo_ratios_are_against_the_sampling_policy_through_every_update(tmp_path):
+    """The first pass is on-policy (ratio exactly 1: nothing clipped); later passes of the same batch compare with
+    the sampling policy's log-probs, kept from the first pass, so after a large update some ratios leave 1 ± ε."""
+    sft, prefs = rows()
+    clipped = {}
+    for updates in (1, 3):
+        trainer = VerifierTrainer(config(tmp_path / str(updates), f"gcpo.updates_per_batch={updates}",
+                                         "sft.steps=30", "sft.lr=1e-2", "gcpo.lr=3e-2", "gcpo.traces=4"),
+                                  sft_rows=sft, preference_rows=prefs, model=SmallVerifier.for_rows(sft, seed=0))
+        trainer.run()
+        clipped[updates] = [r["clip_fraction"] for r in trainer.history if r.get("stage") == "gcpo"]
+    assert clipped[1] == [0.0, 0.0] and max(clipped[3]) > 0, clipped

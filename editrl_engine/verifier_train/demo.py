@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ SETTINGS = {
                        "sft.min_lr_ratio=0.05"],
                   gcpo=["gcpo.pairs=8", "gcpo.traces=16", "gcpo.lr=3e-4", "gcpo.kl_beta=0.01",
                         "gcpo.temperature=1.0", "gcpo.max_new_tokens=32", "gcpo.updates_per_batch=1",
-                        "gcpo.micro_batch=64", "gcpo.probe_pairs=32"]),
+                        "gcpo.micro_batch=64", "gcpo.probe_pairs=64"]),
     "small-quick": dict(verifier="small", edited_view="image", train_tasks=6, eval_tasks=4, sft_steps=3,
                         gcpo_steps=2, gcpo_eval_every=1, sft=["sft.batch=4", "sft.lr=1e-3"],
                         gcpo=["gcpo.pairs=2", "gcpo.traces=2", "gcpo.lr=1e-4", "gcpo.max_new_tokens=32",
@@ -106,6 +107,17 @@ def pair_kind_accuracy(judged: list[dict], which: list) -> dict[str, dict]:
     for result, (_task, a, b) in zip(judged, which):
         kinds.setdefault(f"{a.name}>{b.name}", []).append(result["preferred"] > result["rejected"])
     return {kind: {"pairs": len(v), "accuracy": sum(v) / len(v)} for kind, v in sorted(kinds.items())}
+
+
+def probe_change(probed: dict[int, list[float]]) -> dict | None:
+    """The reward probe's change from its first evaluation (GCPO's start) to its last: the mean over its pairs of
+    each pair's change, with the standard error over pairs; None without two probes."""
+    if len(probed) < 2:
+        return None
+    first, last = probed[min(probed)], probed[max(probed)]
+    change = [b - a for a, b in zip(first, last)]
+    stderr = statistics.stdev(change) / math.sqrt(len(change)) if len(change) > 1 else math.nan
+    return {"pairs": len(change), "mean": statistics.mean(change), "stderr": stderr}
 
 
 def eval_set(seed: int, settings: dict, edited_view: str | None = None):
@@ -178,6 +190,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
         "gcpo_accuracy_min": min(r["eval_accuracy"] for r in evals if r["step"] >= settings["sft_steps"]),
         "gcpo_train_reward": [r["train_reward"] for r in trainer.history if "train_reward" in r],
         "gcpo_probe_reward": [[r["step"], r["probe_reward"]] for r in evals if "probe_reward" in r],
+        "gcpo_probe_change": probe_change(trainer.probed),
         "identical_pairs": sum(j["texts"][0] == j["texts"][1] for j in judged) / len(judged),
         "per_principle": principle_accuracy(judged, which),
         "per_pair_kind_after_sft": pair_kind_accuracy(trainer.judged[settings["sft_steps"]], which),
@@ -185,6 +198,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
         "examples": [{"instruction": row.instruction, "preferred": j["texts"][0], "rejected": j["texts"][1]}
                      for row, j in list(zip(eval_rows, judged))[:3]],
         "seconds": time.perf_counter() - started,
+        "probe_seconds": sum(r.get("probe_seconds", 0.0) for r in evals),
     }
     if same_time_sft:
         summary.update(more_sft(seed, f"{out}/more-sft", settings, trainer.history, (sft_rows, pairs, eval_rows)))

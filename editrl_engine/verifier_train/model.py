@@ -117,6 +117,13 @@ class VerifierModel:
         return out * batch["mask"].to(self.device)
 
     # ---- sampling --------------------------------------------------------------------------------------------------
+    def sample_pairs(self, shared: Sequence[Item], candidates: Sequence[Sequence], n: int, *, seed: int,
+                     **sampling) -> list[Traces]:
+        """sample_pair for several pairs (pair i from seed + i); a model may batch them instead, drawing all from
+        `seed`."""
+        return [self.sample_pair(item, group, n, seed=seed + i, **sampling)
+                for i, (item, group) in enumerate(zip(shared, candidates))]
+
     @torch.no_grad()
     def sample_pair(self, shared: Item, candidates: Sequence, n: int, *, temperature: float, top_p: float,
                     max_new_tokens: int, seed: int, shared_prefix: bool = True) -> Traces:

@@ -45,6 +45,16 @@ def trace_score(principles: Sequence[vp.Principle], text: str) -> float:
     return aggregate(principles, [v["score"] for v in parsed["verdicts"]])[0]
 
 
+def trace_scores(row: PreferenceRow, texts: Sequence[str]) -> torch.Tensor:
+    return torch.tensor([trace_score(row.principles, t) for t in texts])
+
+
+def pair_inputs(row: PreferenceRow) -> tuple[Item, list]:
+    """A preference row as the shared item (sources, instruction, principles) and its two loaded candidates."""
+    shared = Item(tuple(load_image(s) for s in row.sources), None, row.instruction, row.principles)
+    return shared, [load_image(row.preferred), load_image(row.rejected)]
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -79,6 +89,7 @@ class VerifierTrainer:
         self.stop_signal: int | None = None
         self.history: list[dict] = []
         self.judged: dict[int, list[dict]] = {}     # step -> its held-out evaluation's judge_pairs output
+        self.probed: dict[int, list[float]] = {}    # step -> the reward probe's per-pair rewards
 
     # ---- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -163,11 +174,10 @@ class VerifierTrainer:
         (the shared prefix prefilled once) and their final scores τ [2N] (NaN: unparseable); also the shared item
         and the loaded candidate images."""
         g = self.config.gcpo
-        shared = Item(tuple(load_image(s) for s in row.sources), None, row.instruction, row.principles)
-        candidates = [load_image(row.preferred), load_image(row.rejected)]
+        shared, candidates = pair_inputs(row)
         sampled = self.model.sample_pair(shared, candidates, g.traces, temperature=g.temperature, top_p=g.top_p,
                                          max_new_tokens=g.max_new_tokens, seed=seed)
-        return shared, candidates, sampled, torch.tensor([trace_score(row.principles, t) for t in sampled.texts])
+        return shared, candidates, sampled, trace_scores(row, sampled.texts)
 
     def gcpo_step(self, step: int, optimizer) -> dict:
         cfg, model, g = self.config, self.model, self.config.gcpo
@@ -189,19 +199,22 @@ class VerifierTrainer:
         advantages = advantages.reshape(-1)                                                   # [2PN]
         chunks = [slice(i, i + g.micro_batch) for i in range(0, len(items), g.micro_batch)]
         batches = [model.batch(items[c], traces[c]) for c in chunks]
-        with torch.no_grad():
-            old = [model.token_logp(b) for b in batches]
-            if g.kl_beta:
-                with model.reference():
-                    ref = [model.token_logp(b) for b in batches]
-            else:
-                ref = [None] * len(batches)
+        ref = [None] * len(batches)
+        if g.kl_beta:
+            with torch.no_grad(), model.reference():
+                ref = [model.token_logp(b) for b in batches]
+        # the sampling policy's log-probs are the first pass's, detached: the parameters have not moved yet, so the
+        # forward a separate no-grad pass would run is this one (the ratio is exactly 1 at the first update)
+        old: list[torch.Tensor | None] = [None] * len(batches)
         stats = {"clip_fraction": [], "kl": [], "loss": []}
         tokens = sum(int(b["mask"].sum()) for b in batches)
         for _ in range(g.updates_per_batch):
             optimizer.zero_grad(set_to_none=True)
-            for b, c, lp_old, lp_ref in zip(batches, chunks, old, ref):
+            for i, (b, c, lp_ref) in enumerate(zip(batches, chunks, ref)):
                 logp = model.token_logp(b)
+                if old[i] is None:
+                    old[i] = logp.detach()
+                lp_old = old[i]
                 loss, part = gcpo.token_loss(logp, lp_old, advantages[c].to(logp.device), b["mask"].to(logp.device),
                                              clip_eps=g.clip_eps, kl_beta=g.kl_beta, logp_ref=lp_ref)
                 weight = int(b["mask"].sum()) / max(tokens, 1)
@@ -231,8 +244,7 @@ class VerifierTrainer:
     # ---- evaluation ----------------------------------------------------------------------------------------------
     def judge_pairs(self, rows: Sequence[PreferenceRow]) -> list[dict]:
         """Greedy traces for both images of each row and their final scores."""
-        items = [Item(tuple(load_image(s) for s in r.sources), None, r.instruction, r.principles) for r in rows]
-        candidates = [[load_image(r.preferred), load_image(r.rejected)] for r in rows]
+        items, candidates = zip(*map(pair_inputs, rows)) if rows else ((), ())
         texts = self.model.judge_texts(items, candidates, self.config.gcpo.max_new_tokens)
         out = []
         for r, row in enumerate(rows):
@@ -248,7 +260,8 @@ class VerifierTrainer:
         out = {"eval_accuracy": sum(correct) / len(correct), "eval_parse_failures": unparsed / (2 * len(judged))}
         g = self.config.gcpo
         if g.probe_pairs and g.steps and self.step >= self.config.sft.steps and self.preference_rows:
-            out["probe_reward"] = self.probe_reward()
+            started = time.perf_counter()
+            out.update(probe_reward=self.probe_reward(), probe_seconds=time.perf_counter() - started)
         return out
 
     def probe_reward(self) -> float:
@@ -259,11 +272,16 @@ class VerifierTrainer:
         g, seed = self.config.gcpo, self.config.run.seed
         picks = torch.randint(len(self.preference_rows), (g.probe_pairs,),
                               generator=torch.Generator().manual_seed(PROBE_SEED + seed))
+        rows = [self.preference_rows[i] for i in picks.tolist()]
+        shared, candidates = zip(*map(pair_inputs, rows))
+        sampled = self.model.sample_pairs(shared, candidates, g.traces, temperature=g.temperature, top_p=g.top_p,
+                                          max_new_tokens=g.max_new_tokens, seed=PROBE_SEED + 1009 * seed)
         rewards = []
-        for p, index in enumerate(picks.tolist()):
-            *_, tau = self.sample_pair_groups(self.preference_rows[index], PROBE_SEED + 1009 * seed + p)
-            rewards.append(gcpo.pair_rewards(tau[:g.traces], tau[g.traces:])[0].mean())   # the preferred group's
-        return float(torch.stack(rewards).mean())
+        for row, traces in zip(rows, sampled):
+            tau = trace_scores(row, traces.texts)                                           # [2N]
+            rewards.append(float(gcpo.pair_rewards(tau[:g.traces], tau[g.traces:])[0].mean()))  # preferred group
+        self.probed[self.step] = rewards
+        return sum(rewards) / len(rewards)
 
     # ---- checkpoints, signals, logs ------------------------------------------------------------------------------
     def _save(self, optimizer, stage: str) -> Path:
