@@ -25,8 +25,9 @@ def bench():
 
 
 def result(rewards, probe=None):
-    return {"after_sft": 0.6, "parse_failures_after_sft": 0.0, "gcpo_accuracy_min": 0.59,
-            "gcpo_train_reward": rewards, **({"gcpo_probe_reward": probe} if probe is not None else {})}
+    return {"after_sft": 0.6, "parse_failures_after_sft": 0.0, "gcpo_accuracy_min": 0.59, "seconds": 310.0,
+            "probe_seconds": 20.0, "gcpo_train_reward": rewards,
+            **({"gcpo_probe_reward": probe} if probe is not None else {})}
 
 
 def test_half_means_and_their_standard_error(bench):
@@ -45,4 +46,14 @@ def test_the_probe_decides_where_there_is_one(bench):
     assert bench.seed_checks(result(falling_steps[::-1]))["gcpo_train_reward_rises"]
     checks = bench.seed_checks(result(falling_steps[::-1], [[800, 0.6], [810, 0.7]]))
     assert checks == {"sft_accuracy_at_least_0.55": True, "parse_failures_below_1%": True,
-                      "gcpo_never_2_points_below_sft": True, "gcpo_train_reward_rises": True}
+                      "gcpo_never_2_points_below_sft": True, "gcpo_train_reward_rises": True,
+                      "demo_within_5_minutes": True}                  # 310 s, 20 of them the bench's probe
+    assert not bench.seed_checks({**result(falling_steps), "probe_seconds": 5.0})["demo_within_5_minutes"]
+
+
+def test_the_probes_change_is_the_mean_per_pair_change_with_its_standard_error():
+    from editrl_engine.verifier_train.demo import probe_change
+    change = probe_change({800: [0.5, 0.25, 1.0], 805: [0.0, 0.0, 0.0], 810: [0.75, 0.5, 1.0]})
+    assert change["pairs"] == 3 and change["mean"] == pytest.approx(1 / 6)
+    assert change["stderr"] == pytest.approx(statistics.stdev([0.25, 0.25, 0.0]) / 3 ** 0.5)
+    assert probe_change({800: [0.5]}) is None
