@@ -4,7 +4,8 @@ dataclass that checks itself (the editor's config machinery, engine/config.py, r
     [model]  the verifier's VLM (a local Qwen2.5-VL / Qwen3-VL folder or a preset) and its LoRA
     [data]   JSONL manifests: sft (SftRow), preferences (PreferenceRow), eval (held-out PreferenceRow)
     [sft]    the cold start: steps, batch, lr and its schedule (warmup, constant or cosine)
-    [gcpo]   steps, pairs per step, traces per image N, sampling, PPO clip, KL to the SFT model, updates per batch
+    [gcpo]   steps, pairs per step, traces per image N, sampling, PPO clip, KL to the SFT model, updates per batch,
+             the held-out evaluations and the train-reward probe (probe_pairs)
     [run]    out_dir, seed, eval_every, checkpoint_every, keep, tensorboard, progress
 """
 from __future__ import annotations

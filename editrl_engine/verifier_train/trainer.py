@@ -266,7 +266,7 @@ class VerifierTrainer:
 
     def probe_reward(self) -> float:
         """GCPO's training reward of the current policy on a fixed probe: gcpo.probe_pairs training pairs drawn
-        once from the run's seed, each sampled from the same seed at every call (common random numbers), so the
+        once from the run's seed and sampled from the same seeds at every call (common random numbers), so the
         value moves only as the policy does. The per-step train_reward is the same mean over pairs drawn afresh
         each step and moves with their difficulty as much as with the policy (docs/design.md)."""
         g, seed = self.config.gcpo, self.config.run.seed
