@@ -42,21 +42,19 @@ def group_statistics(trainer, rows, which) -> dict[str, dict]:
 
 
 def seed_report(work: Path, seed: int, preset: str = "small") -> dict:
-    from editrl_engine.data.synthetic import make_tasks
     from editrl_engine.verifier_train.demo import (
         SETTINGS,
-        SIZE,
         demo_config,
         eval_set,
         new_model,
         pair_kind_accuracy,
         start_from_sft_model,
+        training_rows,
     )
-    from editrl_engine.verifier_train.demo_task import build
     from editrl_engine.verifier_train.trainer import VerifierTrainer
     settings = dict(SETTINGS[preset], gcpo_steps=0)
     rows, which = eval_set(seed, settings)
-    sft_rows = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed, settings["edited_view"])[0]
+    sft_rows = training_rows(seed, settings)[0]                    # the SFT model's vocabulary (SmallVerifier)
     with tempfile.TemporaryDirectory() as tmp:
         start_from_sft_model(work / f"seed-{seed}", tmp, settings)
         trainer = VerifierTrainer(demo_config(tmp, seed, settings, "run.checkpoint_every=0"), sft_rows=sft_rows,

@@ -119,6 +119,14 @@ def probe_change(probed: dict[int, list[float]]) -> dict | None:
     return {"pairs": len(change), "mean": statistics.mean(change), "stderr": stderr}
 
 
+def training_rows(seed: int, settings: dict, edited_view: str | None = None) -> tuple[list, list]:
+    """A seed's SFT rows and GCPO preference pairs (demo_task.build over settings["train_tasks"] tasks), shown as
+    the settings' verifier is shown them unless edited_view says otherwise."""
+    tasks = make_tasks(settings["train_tasks"], seed=seed, size=SIZE)
+    sft_rows, pairs, _ = build(tasks, seed, edited_view or settings["edited_view"])
+    return sft_rows, pairs
+
+
 def eval_set(seed: int, settings: dict, edited_view: str | None = None):
     """A seed's fixed held-out pairs and their candidates (demo_task.held_out_pairs), shown as the settings' verifier
     is shown them unless edited_view says otherwise."""
@@ -171,7 +179,7 @@ def run(seed: int, out: str, settings: dict, log=print, same_time_sft: bool = Fa
     image (demo_task.EDITED_VIEWS; default: the settings')."""
     started = time.perf_counter()
     edited_view = edited_view or settings["edited_view"]
-    sft_rows, pairs, _ = build(make_tasks(settings["train_tasks"], seed=seed, size=SIZE), seed, edited_view)
+    sft_rows, pairs = training_rows(seed, settings, edited_view)
     eval_rows, which = eval_set(seed, settings, edited_view)
     log(f"demo-verifier seed {seed}: {len(sft_rows)} SFT traces, {len(pairs)} training pairs, {len(eval_rows)} "
         f"held-out pairs, edited images shown as {edited_view!r}")
